@@ -1,0 +1,1 @@
+//! Benchmarks live in `*.rs` beside this package manifest; see BENCHMARKS.md.

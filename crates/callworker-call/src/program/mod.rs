@@ -1,0 +1,550 @@
+//! Call programs: what a call *does*. Each program is a pure state machine whose state is
+//! serializable, so it resumes exactly on another worker.
+//!
+//! - [`echo`]: plays the caller's audio back, byte for byte, optionally delayed.
+//! - [`tone`]: plays a configured tone/silence pattern and reacts to DTMF.
+//! - [`overlay`]: a tone injected by the `play_tone` action over the program's audio.
+//!
+//! Programs never see sequence numbers or the timeline: they produce frames and an optional
+//! end into [`Effects`], and the [`Call`](crate::Call) numbers, filters and records them.
+
+pub mod echo;
+pub mod overlay;
+pub mod tone;
+
+use callworker_protocol::AudioFormat;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::call::CallLimits;
+use crate::dsp;
+use crate::end::EndReason;
+use crate::time::UnixMillis;
+
+pub use echo::{EchoParams, EchoState};
+pub use overlay::Overlay;
+pub use tone::{ToneParams, ToneSegment, ToneState};
+
+/// Length of one generated audio frame, in milliseconds (the telephony norm, and Twilio's).
+pub const FRAME_MS: u64 = 20;
+/// Frames a clocked program emits per step at most. A stalled actor that falls further
+/// behind skips the excess (counted as dropped) instead of bursting seconds of audio into
+/// the session's bounded send queue.
+pub const FRAMES_PER_STEP_MAX: u64 = 10;
+/// Longest echo delay, in milliseconds.
+pub const ECHO_DELAY_MS_MAX: u32 = 5_000;
+/// Most segments in a tone pattern.
+pub const TONE_SEGMENTS_MAX: usize = 32;
+/// Shortest tone segment or `play_tone`, in milliseconds (one frame).
+pub const TONE_MS_MIN: u32 = 20;
+/// Longest tone segment or `play_tone`, in milliseconds.
+pub const TONE_MS_MAX: u32 = 60_000;
+/// Highest tone frequency, in hertz: below the Nyquist frequency of 8 kHz audio, the lowest
+/// supported rate. A spec does not know the call's rate, so it is checked against this.
+pub const TONE_FREQ_HZ_MAX: u32 = 3_999;
+
+/// A program and its parameters, as given to `POST /v1/calls` or a `switch_program` action:
+/// `{"name": "echo", "params": {"delay_ms": 0}}`.
+///
+/// Binary formats get an externally tagged shape instead (postcard cannot decode adjacently
+/// tagged enums: their tag is an identifier), chosen by `is_human_readable`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgramSpec {
+    Echo(EchoParams),
+    Tone(ToneParams),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(
+    remote = "ProgramSpec",
+    tag = "name",
+    content = "params",
+    rename_all = "snake_case",
+    deny_unknown_fields
+)]
+enum ProgramSpecJson {
+    Echo(EchoParams),
+    Tone(ToneParams),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "ProgramSpec")]
+enum ProgramSpecBinary {
+    Echo(EchoParams),
+    Tone(ToneParams),
+}
+
+impl Serialize for ProgramSpec {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            ProgramSpecJson::serialize(self, serializer)
+        } else {
+            ProgramSpecBinary::serialize(self, serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ProgramSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            ProgramSpecJson::deserialize(deserializer)
+        } else {
+            ProgramSpecBinary::deserialize(deserializer)
+        }
+    }
+}
+
+impl ProgramSpec {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProgramSpec::Echo(_) => "echo",
+            ProgramSpec::Tone(_) => "tone",
+        }
+    }
+
+    /// Checks every parameter against its bound.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match self {
+            ProgramSpec::Echo(p) => {
+                if p.delay_ms > ECHO_DELAY_MS_MAX {
+                    return Err(invalid(
+                        "delay_ms",
+                        format!("{} ms is above the maximum of {ECHO_DELAY_MS_MAX} ms", p.delay_ms),
+                    ));
+                }
+                Ok(())
+            }
+            ProgramSpec::Tone(p) => {
+                if p.segments.is_empty() || p.segments.len() > TONE_SEGMENTS_MAX {
+                    return Err(invalid(
+                        "segments",
+                        format!("{} segments given; 1 to {TONE_SEGMENTS_MAX} allowed", p.segments.len()),
+                    ));
+                }
+                for (i, segment) in p.segments.iter().enumerate() {
+                    validate_duration_ms("segments.duration_ms", segment.duration_ms)
+                        .map_err(|e| at_index(e, i))?;
+                    if u64::from(segment.duration_ms) % FRAME_MS != 0 {
+                        return Err(invalid(
+                            "segments.duration_ms",
+                            format!(
+                                "segment {i}: {} ms is not a multiple of the {FRAME_MS} ms frame",
+                                segment.duration_ms
+                            ),
+                        ));
+                    }
+                    validate_freqs_hz("segments.freqs_hz", &segment.freqs_hz).map_err(|e| at_index(e, i))?;
+                }
+                if let Some(digit) = p.hangup_digit
+                    && !dsp::is_dtmf_digit(digit)
+                {
+                    return Err(invalid(
+                        "hangup_digit",
+                        format!("{digit:?} is not a DTMF digit (0-9, *, #, A-D)"),
+                    ));
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: String) -> SpecError {
+    SpecError::InvalidParam { field, reason }
+}
+
+fn at_index(e: SpecError, i: usize) -> SpecError {
+    match e {
+        SpecError::InvalidParam { field, reason } => invalid(field, format!("segment {i}: {reason}")),
+        other => other,
+    }
+}
+
+fn validate_duration_ms(field: &'static str, duration_ms: u32) -> Result<(), SpecError> {
+    if !(TONE_MS_MIN..=TONE_MS_MAX).contains(&duration_ms) {
+        return Err(invalid(field, format!("{duration_ms} ms is outside {TONE_MS_MIN}..={TONE_MS_MAX} ms")));
+    }
+    Ok(())
+}
+
+fn validate_freqs_hz(field: &'static str, freqs_hz: &[u32]) -> Result<(), SpecError> {
+    if freqs_hz.len() > dsp::TONE_FREQS_MAX {
+        return Err(invalid(
+            field,
+            format!("{} frequencies given; at most {} allowed", freqs_hz.len(), dsp::TONE_FREQS_MAX),
+        ));
+    }
+    if let Some(f) = freqs_hz.iter().find(|f| !(1..=TONE_FREQ_HZ_MAX).contains(*f)) {
+        return Err(invalid(field, format!("{f} Hz is outside 1..={TONE_FREQ_HZ_MAX} Hz")));
+    }
+    Ok(())
+}
+
+/// Why a program specification or action was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid parameter {field}: {reason}")]
+    InvalidParam { field: &'static str, reason: String },
+    #[error("unsupported audio format: {0}")]
+    UnsupportedAudio(String),
+}
+
+/// Running state of the call's current program.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum ProgramState {
+    Echo(EchoState),
+    Tone(ToneState),
+}
+
+impl ProgramState {
+    /// A program at its start, not yet attached (its clock, if any, is stopped).
+    pub fn new(spec: &ProgramSpec) -> ProgramState {
+        match spec {
+            ProgramSpec::Echo(p) => ProgramState::Echo(EchoState::new(p.clone())),
+            ProgramSpec::Tone(p) => ProgramState::Tone(ToneState::new(p.clone())),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            ProgramState::Echo(_) => "echo",
+            ProgramState::Tone(_) => "tone",
+        }
+    }
+
+    /// A media session attached at `now`: clocked programs start producing frames.
+    pub(crate) fn attach(&mut self, now: UnixMillis) {
+        match self {
+            ProgramState::Echo(_) => {}
+            ProgramState::Tone(s) => s.attach(now),
+        }
+    }
+
+    /// The media session went away: nothing is produced until the next attach.
+    pub(crate) fn detach(&mut self) {
+        match self {
+            ProgramState::Echo(_) => {}
+            ProgramState::Tone(s) => s.detach(),
+        }
+    }
+
+    /// Caller audio (already deduplicated by the call).
+    pub(crate) fn audio(&mut self, now: UnixMillis, payload: &[u8], limits: &CallLimits, fx: &mut Effects) {
+        match self {
+            ProgramState::Echo(s) => s.audio(now, payload, limits, fx),
+            ProgramState::Tone(_) => {}
+        }
+    }
+
+    /// A valid DTMF digit.
+    pub(crate) fn dtmf(&mut self, digit: char, fx: &mut Effects) {
+        match self {
+            ProgramState::Echo(_) => {}
+            ProgramState::Tone(s) => s.dtmf(digit, fx),
+        }
+    }
+
+    /// Runs every timer due at `now` (only called while attached).
+    pub(crate) fn run_due(&mut self, now: UnixMillis, audio: AudioFormat, fx: &mut Effects) {
+        match self {
+            ProgramState::Echo(s) => s.run_due(now, fx),
+            ProgramState::Tone(s) => s.run_due(now, audio, fx),
+        }
+    }
+
+    /// When the program next needs [`run_due`](Self::run_due), if attached.
+    pub(crate) fn next_deadline(&self) -> Option<UnixMillis> {
+        match self {
+            ProgramState::Echo(s) => s.next_deadline(),
+            ProgramState::Tone(s) => s.next_deadline(),
+        }
+    }
+}
+
+/// What one program step produced; the call numbers the frames and applies the rest.
+#[derive(Debug, Default)]
+pub(crate) struct Effects {
+    /// Audio frames in the call's format, in order.
+    pub frames: Vec<Vec<u8>>,
+    /// Frames lost to a bound (echo delay queue full, clock too far behind).
+    pub dropped_frames: u64,
+    /// The program wants the call to end.
+    pub end: Option<EndReason>,
+    /// Reused PCM buffer for frame generation.
+    pub pcm: Vec<i16>,
+}
+
+impl Effects {
+    /// Generates one [`FRAME_MS`] frame of `freqs_hz` with `generator`, encoded in `audio`.
+    pub(crate) fn push_tone_frame(
+        &mut self,
+        generator: &mut dsp::ToneGenerator,
+        freqs_hz: &[u32],
+        audio: AudioFormat,
+    ) {
+        let samples = (u64::from(audio.sample_rate_hz) * FRAME_MS / 1000) as usize;
+        self.pcm.clear();
+        generator.fill(freqs_hz, audio.sample_rate_hz, samples, &mut self.pcm);
+        let mut frame = Vec::with_capacity(samples * 2);
+        callworker_protocol::codec::encode(audio.encoding, &self.pcm, &mut frame);
+        self.frames.push(frame);
+    }
+}
+
+/// A [`FRAME_MS`] frame clock that runs only while a session is attached.
+///
+/// It counts frames, not elapsed time, so a detach pauses it and the next attach resumes
+/// from the same pattern position instead of fast-forwarding through the gap.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct FrameClock {
+    /// When the next frame is due; `None` while stopped.
+    next_frame_at: Option<UnixMillis>,
+}
+
+impl FrameClock {
+    pub(crate) fn start(&mut self, now: UnixMillis) {
+        self.next_frame_at = Some(now);
+    }
+
+    pub(crate) fn stop(&mut self) {
+        self.next_frame_at = None;
+    }
+
+    pub(crate) fn deadline(&self) -> Option<UnixMillis> {
+        self.next_frame_at
+    }
+
+    /// Frames due at `now`, as `(to_emit, skipped)`: at most [`FRAMES_PER_STEP_MAX`] to emit,
+    /// the rest skipped. The clock moves past all of them.
+    pub(crate) fn take_due(&mut self, now: UnixMillis) -> (u64, u64) {
+        let Some(next) = self.next_frame_at else {
+            return (0, 0);
+        };
+        if now < next {
+            return (0, 0);
+        }
+        let due = now.since(next) / FRAME_MS + 1;
+        self.next_frame_at = Some(next.add_ms(due.saturating_mul(FRAME_MS)));
+        let emit = due.min(FRAMES_PER_STEP_MAX);
+        (emit, due - emit)
+    }
+}
+
+/// An action the control API injects into a live call: `{"type": "play_tone", …}`.
+///
+/// JSON shapes: `{"type": "play_tone", "freqs_hz": [440], "duration_ms": 500}`,
+/// `{"type": "switch_program", "program": {"name": "echo", "params": {"delay_ms": 0}}}`,
+/// `{"type": "hangup"}`. Binary formats get an externally tagged shape (see [`ProgramSpec`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Play a tone (one or two frequencies; empty = silence) over the program's audio.
+    PlayTone { freqs_hz: Vec<u32>, duration_ms: u32 },
+    /// Replace the running program.
+    SwitchProgram { program: ProgramSpec },
+    /// End the call with `api_ended`.
+    Hangup,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Action", tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+enum ActionJson {
+    PlayTone { freqs_hz: Vec<u32>, duration_ms: u32 },
+    SwitchProgram { program: ProgramSpec },
+    Hangup,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(remote = "Action")]
+enum ActionBinary {
+    PlayTone { freqs_hz: Vec<u32>, duration_ms: u32 },
+    SwitchProgram { program: ProgramSpec },
+    Hangup,
+}
+
+impl Serialize for Action {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if serializer.is_human_readable() {
+            ActionJson::serialize(self, serializer)
+        } else {
+            ActionBinary::serialize(self, serializer)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Action {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if deserializer.is_human_readable() {
+            ActionJson::deserialize(deserializer)
+        } else {
+            ActionBinary::deserialize(deserializer)
+        }
+    }
+}
+
+impl Action {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::PlayTone { .. } => "play_tone",
+            Action::SwitchProgram { .. } => "switch_program",
+            Action::Hangup => "hangup",
+        }
+    }
+
+    /// Checks every parameter against its bound.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        match self {
+            Action::PlayTone { freqs_hz, duration_ms } => {
+                validate_freqs_hz("freqs_hz", freqs_hz)?;
+                validate_duration_ms("duration_ms", *duration_ms)
+            }
+            Action::SwitchProgram { program } => program.validate(),
+            Action::Hangup => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn tone(segments: Vec<(Vec<u32>, u32)>, hangup_digit: Option<char>) -> ProgramSpec {
+        ProgramSpec::Tone(ToneParams {
+            segments: segments
+                .into_iter()
+                .map(|(freqs_hz, duration_ms)| ToneSegment { freqs_hz, duration_ms })
+                .collect(),
+            repeat: true,
+            hangup_digit,
+        })
+    }
+
+    #[test]
+    fn program_specs_are_validated_against_their_bounds() {
+        let ok = [
+            ProgramSpec::Echo(EchoParams { delay_ms: 0 }),
+            ProgramSpec::Echo(EchoParams { delay_ms: 5_000 }),
+            tone(vec![(vec![440], 20)], None),
+            tone(vec![(vec![], 60_000)], Some('#')),
+            tone(vec![(vec![1, 3_999], 40)], Some('D')),
+            tone(vec![(vec![440], 20); 32], None),
+        ];
+        for spec in ok {
+            assert_eq!(spec.validate(), Ok(()), "{spec:?}");
+        }
+        let bad = [
+            (ProgramSpec::Echo(EchoParams { delay_ms: 5_001 }), "delay_ms"),
+            (tone(vec![], None), "segments"),
+            (tone(vec![(vec![440], 20); 33], None), "segments"),
+            (tone(vec![(vec![440], 0)], None), "segments.duration_ms"),
+            (tone(vec![(vec![440], 30)], None), "segments.duration_ms"),
+            (tone(vec![(vec![440], 60_020)], None), "segments.duration_ms"),
+            (tone(vec![(vec![0], 20)], None), "segments.freqs_hz"),
+            (tone(vec![(vec![4_000], 20)], None), "segments.freqs_hz"),
+            (tone(vec![(vec![1, 2, 3], 20)], None), "segments.freqs_hz"),
+            (tone(vec![(vec![440], 20)], Some('x')), "hangup_digit"),
+        ];
+        for (spec, field) in bad {
+            match spec.validate() {
+                Err(SpecError::InvalidParam { field: f, .. }) => assert_eq!(f, field, "{spec:?}"),
+                other => panic!("{spec:?} gave {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn actions_are_validated_against_their_bounds() {
+        let cases = [
+            (Action::Hangup, true),
+            (Action::PlayTone { freqs_hz: vec![], duration_ms: 20 }, true),
+            (Action::PlayTone { freqs_hz: vec![350, 440], duration_ms: 60_000 }, true),
+            (Action::PlayTone { freqs_hz: vec![440], duration_ms: 19 }, false),
+            (Action::PlayTone { freqs_hz: vec![440], duration_ms: 60_001 }, false),
+            (Action::PlayTone { freqs_hz: vec![4_000], duration_ms: 100 }, false),
+            (Action::PlayTone { freqs_hz: vec![1, 2, 3], duration_ms: 100 }, false),
+            (Action::SwitchProgram { program: tone(vec![(vec![440], 20)], None) }, true),
+            (Action::SwitchProgram { program: tone(vec![], None) }, false),
+        ];
+        for (action, ok) in cases {
+            assert_eq!(action.validate().is_ok(), ok, "{action:?}");
+        }
+    }
+
+    #[test]
+    fn json_shapes_are_tagged_and_binary_shapes_round_trip() {
+        let cases = [
+            (
+                Action::PlayTone { freqs_hz: vec![440], duration_ms: 500 },
+                json!({"type": "play_tone", "freqs_hz": [440], "duration_ms": 500}),
+            ),
+            (
+                Action::SwitchProgram { program: ProgramSpec::Echo(EchoParams { delay_ms: 0 }) },
+                json!({"type": "switch_program", "program": {"name": "echo", "params": {"delay_ms": 0}}}),
+            ),
+            (
+                Action::SwitchProgram {
+                    program: tone(vec![(vec![440, 480], 2_000), (vec![], 4_000)], Some('#')),
+                },
+                json!({"type": "switch_program", "program": {"name": "tone", "params": {
+                    "segments": [{"freqs_hz": [440, 480], "duration_ms": 2000}, {"freqs_hz": [], "duration_ms": 4000}],
+                    "repeat": true, "hangup_digit": "#"}}}),
+            ),
+            (Action::Hangup, json!({"type": "hangup"})),
+        ];
+        for (action, expected) in cases {
+            assert_eq!(serde_json::to_value(&action).unwrap(), expected);
+            assert_eq!(serde_json::from_value::<Action>(expected).unwrap(), action);
+            let bytes = postcard::to_allocvec(&action).unwrap();
+            assert_eq!(postcard::from_bytes::<Action>(&bytes).unwrap(), action);
+        }
+        let defaults: ProgramSpec =
+            serde_json::from_value(json!({"name": "tone", "params": {"segments": [{"duration_ms": 20}]}}))
+                .unwrap();
+        assert_eq!(defaults, tone(vec![(vec![], 20)], None));
+        let extra = json!({"type": "play_tone", "freqs_hz": [], "duration_ms": 20, "extra": 1});
+        assert!(serde_json::from_value::<Action>(extra).is_err());
+        assert!(
+            serde_json::from_value::<ProgramSpec>(json!({"name": "echo", "params": {"delay": 1}})).is_err()
+        );
+        assert!(serde_json::from_value::<Action>(json!({"type": "dance"})).is_err());
+    }
+
+    /// Why the binary shapes exist: postcard refuses the tagged JSON shapes outright.
+    #[test]
+    fn postcard_cannot_decode_internally_or_adjacently_tagged_enums() {
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        #[serde(tag = "type")]
+        enum Internal {
+            A { x: u8 },
+        }
+        #[derive(Debug, Serialize, Deserialize, PartialEq)]
+        #[serde(tag = "t", content = "c")]
+        enum Adjacent {
+            A(u8),
+        }
+        let bytes = postcard::to_allocvec(&Internal::A { x: 1 }).unwrap();
+        assert!(postcard::from_bytes::<Internal>(&bytes).is_err());
+        let bytes = postcard::to_allocvec(&Adjacent::A(1)).unwrap();
+        assert!(postcard::from_bytes::<Adjacent>(&bytes).is_err());
+    }
+
+    #[test]
+    fn frame_clock_caps_and_skips() {
+        let mut clock = FrameClock::default();
+        assert_eq!(clock.take_due(UnixMillis(0)), (0, 0));
+        clock.start(UnixMillis(1_000));
+        let cases = [
+            (999, (0, 0)),
+            (1_000, (1, 0)),
+            (1_019, (0, 0)),
+            (1_020, (1, 0)),
+            (1_070, (2, 0)),
+            (1_500, (10, 12)),
+        ];
+        for (now, expected) in cases {
+            assert_eq!(clock.take_due(UnixMillis(now)), expected, "at {now}");
+        }
+        assert_eq!(clock.deadline(), Some(UnixMillis(1_520)));
+        clock.stop();
+        assert_eq!(clock.deadline(), None);
+    }
+}

@@ -1,0 +1,476 @@
+//! Configuration: `config/default.toml` → `config/<env>.toml` → `CALLWORKER_SECTION__KEY`
+//! environment variables, read into a raw serde form that refuses unknown keys, then
+//! validated into a typed [`Config`] (durations as [`Duration`], bounds checked).
+//!
+//! Every knob an operator may need during an incident is here and documented in
+//! `config/default.toml`. An invalid configuration is reported in one line and the process
+//! exits with code 64 before binding any socket (see `main.rs`).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use callworker_call::{CallLimits, ProgramSpec, TenantId, WorkerId};
+use callworker_protocol::twilio;
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::Deserialize;
+
+/// Exit code for an invalid configuration (`EX_USAGE`/`EX_CONFIG` family: 64 = usage).
+pub const EXIT_CONFIG_INVALID: i32 = 64;
+
+/// The development-only token secret shipped in `config/default.toml`. A worker started
+/// with it logs a warning: production must set `CALLWORKER_SECURITY__TOKEN_SECRET`.
+pub const DEV_TOKEN_SECRET: &str = "dev-only-insecure-secret-change-me-0123456789";
+
+/// Largest WebSocket message accepted on any media endpoint, whatever the configuration.
+pub const WS_MESSAGE_BYTES_MAX: usize = 1 << 20;
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub log: LogConfig,
+    pub limits: Limits,
+    pub calls: CallsConfig,
+    pub checkpoint: CheckpointConfig,
+    pub twilio: TwilioConfig,
+    pub security: SecurityConfig,
+    pub store: StoreConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen_addr: SocketAddr,
+    /// Base URL clients and Twilio use to reach this fleet (the load balancer), without a
+    /// trailing slash; media URLs are derived from it (`http` → `ws`, `https` → `wss`).
+    pub public_url: String,
+    /// This worker's id; generated at start when not configured.
+    pub worker_id: Option<WorkerId>,
+    /// How long shutdown may take before remaining sessions are dropped.
+    pub shutdown_grace: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// `tracing_subscriber::EnvFilter` directives; `RUST_LOG` overrides when set.
+    pub filter: String,
+}
+
+/// Per-worker and per-connection bounds. Each says what happens when it is reached.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Media sessions this worker carries at once; beyond it new sessions and new calls are
+    /// refused with 503 + `Retry-After` and readiness turns false.
+    pub calls_max: usize,
+    /// Largest WebSocket message (and frame); larger closes the socket with 1009.
+    pub ws_message_bytes_max: usize,
+    /// Outbound audio frames queued per session; when full the oldest audio is dropped and
+    /// counted (`callworker_frames_dropped_total`).
+    pub outbound_audio_frames_max: usize,
+    /// Outbound control messages queued per session; when full the session is closed as a
+    /// slow consumer (control is never dropped silently).
+    pub outbound_control_max: usize,
+    /// Time for a client to complete the protocol handshake (`hello` / `start`).
+    pub handshake_timeout: Duration,
+    /// A session with no inbound message for this long is closed (4408).
+    pub idle_timeout: Duration,
+    /// Inbound messages per second per connection (burst: one second's worth); above it
+    /// the connection is closed with 4429.
+    pub messages_per_second_max: u32,
+    /// Inbound bytes per second per connection (burst: one second's worth); above it the
+    /// connection is closed with 4429.
+    pub bytes_per_second_max: u32,
+    /// Largest HTTP request body; larger is refused with 413.
+    pub http_body_bytes_max: usize,
+    /// Commands queued to one call's actor from the control API; when full the API answers
+    /// 503 `call_busy`.
+    pub actor_commands_max: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct CallsConfig {
+    /// Program for calls that arrive without one (static Twilio TwiML).
+    pub default_program: ProgramSpec,
+    /// Tenant for calls created without one (until API keys carry tenants).
+    pub default_tenant: TenantId,
+    pub limits: CallLimits,
+}
+
+#[derive(Debug, Clone)]
+pub struct CheckpointConfig {
+    /// Period of the progress checkpoint while media flows (semantic transitions are
+    /// checkpointed at once).
+    pub interval: Duration,
+    /// Ownership lease granted by each attach/checkpoint; the reaper treats a call whose
+    /// lease ran out as orphaned.
+    pub lease: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct TwilioConfig {
+    /// A `mark` is sent after every this many outbound frames to learn what was played.
+    pub mark_interval_frames: u32,
+    pub parse_limits: twilio::Limits,
+}
+
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// Key for resume tokens and Twilio stream parameter signatures (≥ 32 bytes).
+    pub token_secret: Vec<u8>,
+    /// Lifetime of a resume token from issue.
+    pub resume_token_ttl: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum StoreConfig {
+    /// In-process store holding at most `capacity` calls (oldest ended evicted first):
+    /// a single worker, no failover.
+    Memory { capacity: usize },
+}
+
+/// Why the configuration was refused (one line, printed before exit 64).
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+// ----- raw form, exactly as written in the files ------------------------------------------
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: RawServer,
+    log: RawLog,
+    limits: RawLimits,
+    calls: RawCalls,
+    checkpoint: RawCheckpoint,
+    twilio: RawTwilio,
+    security: RawSecurity,
+    store: RawStore,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen_addr: String,
+    public_url: String,
+    #[serde(default)]
+    worker_id: String,
+    shutdown_grace_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    format: LogFormat,
+    filter: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    calls_max: usize,
+    ws_message_bytes_max: usize,
+    outbound_audio_frames_max: usize,
+    outbound_control_max: usize,
+    handshake_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    messages_per_second_max: u32,
+    bytes_per_second_max: u32,
+    http_body_bytes_max: usize,
+    actor_commands_max: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCalls {
+    default_program: ProgramSpec,
+    default_tenant: String,
+    max_duration_ms: u64,
+    timeline_events_max: u32,
+    delay_frames_max: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheckpoint {
+    interval_ms: u64,
+    lease_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTwilio {
+    mark_interval_frames: u32,
+    payload_bytes_max: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecurity {
+    token_secret: String,
+    resume_token_ttl_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStore {
+    kind: String,
+    memory_capacity: usize,
+}
+
+impl Config {
+    /// Loads `<dir>/default.toml`, then `<dir>/<env>.toml` when `env` is given (it must
+    /// exist), then `CALLWORKER_SECTION__KEY` variables from `vars`, and validates.
+    ///
+    /// The variables are passed in rather than read here so tests can exercise overrides
+    /// without mutating the process environment.
+    pub fn load(
+        dir: &Path,
+        env: Option<&str>,
+        vars: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let default_path = dir.join("default.toml");
+        if !default_path.is_file() {
+            return Err(invalid(format!("{} not found", default_path.display())));
+        }
+        let mut figment = Figment::new().merge(Toml::file(&default_path));
+        if let Some(env) = env {
+            if env.is_empty() || !env.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(format!("environment name {env:?} is not a plain name")));
+            }
+            let path = dir.join(format!("{env}.toml"));
+            if !path.is_file() {
+                return Err(invalid(format!("{} not found", path.display())));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        // Only SECTION__KEY variables are configuration; CALLWORKER_ENV and
+        // CALLWORKER_CONFIG_DIR select files and are read by the CLI.
+        let vars: Vec<(String, String)> = vars
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let rest = k.strip_prefix("CALLWORKER_")?;
+                rest.contains("__").then(|| (rest.to_ascii_lowercase().replace("__", "."), v))
+            })
+            .collect();
+        for (key, value) in vars {
+            // Parsed the way figment parses environment variables: numbers and booleans
+            // become typed values, anything else stays a string.
+            let value: figment::value::Value = value.parse().unwrap_or_else(|_| value.into());
+            figment = figment.merge(Serialized::global(&key, value));
+        }
+        let raw: RawConfig = figment.extract().map_err(|e| invalid(one_line(&e.to_string())))?;
+        validate(raw)
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+fn ms(field: &str, value: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
+    range(field, value, min, max).map(|_| Duration::from_millis(value))
+}
+
+fn range<T: PartialOrd + std::fmt::Display + Copy>(
+    field: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(invalid(format!("{field} = {value} is outside {min}..={max}")));
+    }
+    Ok(value)
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let listen_addr: SocketAddr = raw
+        .server
+        .listen_addr
+        .parse()
+        .map_err(|e| invalid(format!("server.listen_addr {:?}: {e}", raw.server.listen_addr)))?;
+    let public_url = raw.server.public_url.trim_end_matches('/').to_owned();
+    if !(public_url.starts_with("http://") || public_url.starts_with("https://")) {
+        return Err(invalid(format!("server.public_url {public_url:?} must start with http:// or https://")));
+    }
+    let worker_id = match raw.server.worker_id.as_str() {
+        "" => None,
+        s => Some(WorkerId::parse(s).map_err(|e| invalid(format!("server.worker_id: {e}")))?),
+    };
+    let server = ServerConfig {
+        listen_addr,
+        public_url,
+        worker_id,
+        shutdown_grace: ms("server.shutdown_grace_ms", raw.server.shutdown_grace_ms, 0, 3_600_000)?,
+    };
+
+    tracing_subscriber::EnvFilter::try_new(&raw.log.filter)
+        .map_err(|e| invalid(format!("log.filter {:?}: {e}", raw.log.filter)))?;
+    let log = LogConfig { format: raw.log.format, filter: raw.log.filter };
+
+    let l = raw.limits;
+    let limits = Limits {
+        calls_max: range("limits.calls_max", l.calls_max, 1, 1_000_000)?,
+        ws_message_bytes_max: range(
+            "limits.ws_message_bytes_max",
+            l.ws_message_bytes_max,
+            1024,
+            WS_MESSAGE_BYTES_MAX,
+        )?,
+        outbound_audio_frames_max: range(
+            "limits.outbound_audio_frames_max",
+            l.outbound_audio_frames_max,
+            1,
+            10_000,
+        )?,
+        outbound_control_max: range("limits.outbound_control_max", l.outbound_control_max, 4, 10_000)?,
+        handshake_timeout: ms("limits.handshake_timeout_ms", l.handshake_timeout_ms, 100, 120_000)?,
+        idle_timeout: ms("limits.idle_timeout_ms", l.idle_timeout_ms, 1_000, 3_600_000)?,
+        messages_per_second_max: range(
+            "limits.messages_per_second_max",
+            l.messages_per_second_max,
+            60,
+            100_000,
+        )?,
+        bytes_per_second_max: range(
+            "limits.bytes_per_second_max",
+            l.bytes_per_second_max,
+            16_384,
+            100_000_000,
+        )?,
+        http_body_bytes_max: range("limits.http_body_bytes_max", l.http_body_bytes_max, 1024, 16 << 20)?,
+        actor_commands_max: range("limits.actor_commands_max", l.actor_commands_max, 1, 10_000)?,
+    };
+
+    let c = raw.calls;
+    c.default_program.validate().map_err(|e| invalid(format!("calls.default_program: {e}")))?;
+    let calls = CallsConfig {
+        default_program: c.default_program,
+        default_tenant: TenantId::parse(&c.default_tenant)
+            .map_err(|e| invalid(format!("calls.default_tenant: {e}")))?,
+        limits: CallLimits {
+            max_duration_ms: range("calls.max_duration_ms", c.max_duration_ms, 1_000, 7 * 24 * 3_600_000)?,
+            timeline_events_max: range("calls.timeline_events_max", c.timeline_events_max, 8, 100_000)?,
+            delay_frames_max: range("calls.delay_frames_max", c.delay_frames_max, 1, 100_000)?,
+        },
+    };
+
+    let checkpoint = CheckpointConfig {
+        interval: ms("checkpoint.interval_ms", raw.checkpoint.interval_ms, 20, 60_000)?,
+        lease: ms("checkpoint.lease_ms", raw.checkpoint.lease_ms, 500, 600_000)?,
+    };
+    if checkpoint.lease <= checkpoint.interval * 2 {
+        return Err(invalid(format!(
+            "checkpoint.lease_ms ({}) must exceed twice checkpoint.interval_ms ({}) so one lost write does not expire the lease",
+            checkpoint.lease.as_millis(),
+            checkpoint.interval.as_millis()
+        )));
+    }
+
+    let twilio = TwilioConfig {
+        mark_interval_frames: range(
+            "twilio.mark_interval_frames",
+            raw.twilio.mark_interval_frames,
+            1,
+            1_000,
+        )?,
+        parse_limits: twilio::Limits {
+            message_bytes_max: limits.ws_message_bytes_max,
+            payload_bytes_max: range(
+                "twilio.payload_bytes_max",
+                raw.twilio.payload_bytes_max,
+                160,
+                limits.ws_message_bytes_max,
+            )?,
+            ..twilio::Limits::default()
+        },
+    };
+
+    if raw.security.token_secret.len() < 32 {
+        return Err(invalid("security.token_secret must be at least 32 bytes"));
+    }
+    let security = SecurityConfig {
+        token_secret: raw.security.token_secret.into_bytes(),
+        resume_token_ttl: ms(
+            "security.resume_token_ttl_ms",
+            raw.security.resume_token_ttl_ms,
+            1_000,
+            30 * 24 * 3_600_000,
+        )?,
+    };
+
+    let store = match raw.store.kind.as_str() {
+        "memory" => StoreConfig::Memory {
+            capacity: range("store.memory_capacity", raw.store.memory_capacity, 1, 10_000_000)?,
+        },
+        other => return Err(invalid(format!("store.kind {other:?} is not one of: memory"))),
+    };
+
+    Ok(Config { server, log, limits, calls, checkpoint, twilio, security, store })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn config_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../config")
+    }
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        Config::load(&config_dir(), None, vars.iter().map(|(k, v)| (k.to_string(), v.to_string())))
+    }
+
+    #[test]
+    fn shipped_default_config_is_valid() {
+        let config = load(&[]).expect("config/default.toml must validate");
+        assert_eq!(config.limits.ws_message_bytes_max, 65_536);
+        assert!(matches!(config.store, StoreConfig::Memory { .. }));
+    }
+
+    #[test]
+    fn env_vars_override_files_and_other_prefixes_are_ignored() {
+        let config = load(&[
+            ("CALLWORKER_LIMITS__CALLS_MAX", "7"),
+            ("CALLWORKER_SERVER__PUBLIC_URL", "https://lb.example/"),
+            ("CALLWORKER_ENV", "ignored-here"),
+            ("OTHER_LIMITS__CALLS_MAX", "9"),
+        ])
+        .unwrap();
+        assert_eq!(config.limits.calls_max, 7);
+        assert_eq!(config.server.public_url, "https://lb.example");
+    }
+
+    #[test]
+    fn invalid_values_are_refused_with_the_field_named() {
+        let cases: &[(&str, &str, &str)] = &[
+            ("CALLWORKER_LIMITS__CALLS_MAX", "0", "limits.calls_max"),
+            ("CALLWORKER_SERVER__LISTEN_ADDR", "nowhere", "server.listen_addr"),
+            ("CALLWORKER_SECURITY__TOKEN_SECRET", "short", "token_secret"),
+            ("CALLWORKER_LIMITS__UNKNOWN_KNOB", "1", "unknown_knob"),
+            ("CALLWORKER_CHECKPOINT__LEASE_MS", "600", "lease_ms"),
+            ("CALLWORKER_STORE__KIND", "etcd", "store.kind"),
+        ];
+        for (key, value, needle) in cases {
+            let err = load(&[(key, value)]).expect_err(key).to_string();
+            assert!(err.contains(needle), "{key}={value}: {err}");
+            assert!(!err.contains('\n'), "error must be one line: {err}");
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The control API: `/v1/calls…`. Errors are `{"error": {"code", "message"}}`.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use callworker_call::{Action, Call, CallId, CallSpec, Direction, EndReason, Epoch, ProgramSpec, TenantId};
+use callworker_protocol::{AudioFormat, Encoding};
+use callworker_store::{LIST_LIMIT_MAX, ListQuery, RecordStatus};
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::oneshot;
+
+use super::{ApiJson, ApiQuery};
+use crate::calls::{self, CallView};
+use crate::error::{Error, ErrorKind};
+use crate::live::Command;
+use crate::state::{AppState, now};
+
+/// How long the API waits for a live call's task to answer.
+const ACTOR_REPLY_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default page size of `GET /v1/calls`.
+const LIST_LIMIT_DEFAULT: usize = 50;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCall {
+    program: ProgramSpec,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    direction: Option<Direction>,
+    #[serde(default)]
+    from: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    audio: Option<AudioFormat>,
+    /// At most the configured `calls.max_duration_ms`.
+    #[serde(default)]
+    max_duration_ms: Option<u64>,
+}
+
+/// Longest `from`/`to` accepted (E.164 numbers, SIP URIs).
+const PARTY_BYTES_MAX: usize = 256;
+
+fn invalid(code: &'static str, message: impl Into<String>) -> Error {
+    Error::new(ErrorKind::InvalidRequest, code, message)
+}
+
+fn parse_call_id(id: &str) -> Result<CallId, Error> {
+    // An id that cannot be valid cannot name a call.
+    CallId::parse(id).map_err(|_| Error::call_not_found())
+}
+
+pub async fn create_call(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateCall>,
+) -> Result<Response, Error> {
+    state.admission.admit_call()?;
+    req.program.validate().map_err(|e| invalid("invalid_program", e.to_string()))?;
+    let tenant = match req.tenant {
+        Some(t) => TenantId::parse(&t).map_err(|e| invalid("invalid_tenant", e.to_string()))?,
+        None => state.config.calls.default_tenant.clone(),
+    };
+    for (field, value) in [("from", &req.from), ("to", &req.to)] {
+        if value.as_ref().is_some_and(|v| v.len() > PARTY_BYTES_MAX || v.chars().any(char::is_control)) {
+            return Err(invalid(
+                "invalid_party",
+                format!("{field} must be at most {PARTY_BYTES_MAX} printable bytes"),
+            ));
+        }
+    }
+    let audio = req.audio.unwrap_or(AudioFormat { encoding: Encoding::Pcmu, sample_rate_hz: 8_000 });
+    audio.validate().map_err(|e| invalid("unsupported_audio", e.to_string()))?;
+    let mut limits = state.config.calls.limits;
+    if let Some(ms) = req.max_duration_ms {
+        if ms == 0 || ms > limits.max_duration_ms {
+            return Err(invalid(
+                "invalid_max_duration",
+                format!("max_duration_ms must be within 1..={}", limits.max_duration_ms),
+            ));
+        }
+        limits.max_duration_ms = ms;
+    }
+    let spec = CallSpec {
+        tenant,
+        direction: req.direction.unwrap_or(Direction::Outbound),
+        from: req.from,
+        to: req.to,
+        program: req.program,
+        audio,
+        limits,
+    };
+    let (call, _) = calls::create(&state, spec, "api").await?;
+    let token = state.tokens.issue(&call.id, &call.tenant, Epoch::ZERO, now());
+    let body = json!({
+        "call": CallView::new(&call, Epoch::ZERO),
+        "media_url": state.media_url("/v1/media"),
+        "resume_token": token,
+        "epoch": 0,
+    });
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListParams {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    tenant: Option<String>,
+    #[serde(default)]
+    limit: Option<usize>,
+    #[serde(default)]
+    cursor: Option<String>,
+}
+
+pub async fn list_calls(
+    State(state): State<AppState>,
+    ApiQuery(p): ApiQuery<ListParams>,
+) -> Result<Response, Error> {
+    let status = match p.status.as_deref() {
+        None => None,
+        Some("created") => Some(RecordStatus::Created),
+        Some("active") => Some(RecordStatus::Active),
+        Some("ended") => Some(RecordStatus::Ended),
+        Some(other) => {
+            return Err(invalid("invalid_status", format!("{other:?} is not created, active or ended")));
+        }
+    };
+    let limit = p.limit.unwrap_or(LIST_LIMIT_DEFAULT);
+    if limit == 0 || limit > LIST_LIMIT_MAX {
+        return Err(invalid("invalid_limit", format!("limit must be within 1..={LIST_LIMIT_MAX}")));
+    }
+    let tenant = p
+        .tenant
+        .map(|t| TenantId::parse(&t).map_err(|e| invalid("invalid_tenant", e.to_string())))
+        .transpose()?;
+    let page = state.store.list(&ListQuery { tenant, status, cursor: p.cursor, limit }).await?;
+    let mut views = Vec::with_capacity(page.records.len());
+    for record in &page.records {
+        views.push(CallView::new(&calls::decode(record)?, record.epoch));
+    }
+    Ok(Json(json!({ "calls": views, "next_cursor": page.next_cursor })).into_response())
+}
+
+/// The freshest state of a call: from the session driving it here, else from the store.
+async fn load(state: &AppState, id: &CallId) -> Result<(Call, Epoch), Error> {
+    let record = state.store.get(id).await?;
+    if let Some(commands) = state.live.get(id) {
+        let (tx, rx) = oneshot::channel();
+        if commands.try_send(Command::Snapshot(tx)).is_ok()
+            && let Ok(Ok(call)) = tokio::time::timeout(ACTOR_REPLY_TIMEOUT, rx).await
+        {
+            return Ok((call, record.epoch));
+        }
+    }
+    Ok((calls::decode(&record)?, record.epoch))
+}
+
+pub async fn get_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
+    let id = parse_call_id(&id)?;
+    let (call, epoch) = load(&state, &id).await?;
+    Ok(Json(CallView::new(&call, epoch)).into_response())
+}
+
+pub async fn call_events(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
+    let id = parse_call_id(&id)?;
+    let (call, _) = load(&state, &id).await?;
+    let events: Vec<_> = call.timeline.events().collect();
+    Ok(Json(json!({
+        "call_id": call.id.as_str(),
+        "events": events,
+        "dropped": call.timeline.dropped(),
+    }))
+    .into_response())
+}
+
+/// Sends a command to the session driving the call here and waits for its answer.
+async fn ask_live(
+    state: &AppState,
+    id: &CallId,
+    make: impl FnOnce(oneshot::Sender<Result<Call, Error>>) -> Command,
+) -> Option<Result<Call, Error>> {
+    let commands = state.live.get(id)?;
+    let (tx, rx) = oneshot::channel();
+    if let Err(e) = commands.try_send(make(tx)) {
+        return Some(Err(match e {
+            tokio::sync::mpsc::error::TrySendError::Full(_) => {
+                Error::new(ErrorKind::Overloaded, "call_busy", "the call has too many pending commands")
+                    .retry_after(1)
+            }
+            // The session ended between lookup and send: fall back to the store.
+            tokio::sync::mpsc::error::TrySendError::Closed(_) => return None,
+        }));
+    }
+    match tokio::time::timeout(ACTOR_REPLY_TIMEOUT, rx).await {
+        Ok(Ok(result)) => Some(result),
+        Ok(Err(_)) => None, // session ended before answering
+        Err(_) => Some(Err(Error::new(
+            ErrorKind::Unavailable,
+            "call_unresponsive",
+            "the call did not answer in time",
+        ))),
+    }
+}
+
+pub async fn end_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
+    let id = parse_call_id(&id)?;
+    let record = state.store.get(&id).await?;
+    if let Some(reason) = record.end_reason {
+        return Err(callworker_store::StoreError::Ended { reason }.into());
+    }
+    let call = match ask_live(&state, &id, |tx| Command::End(EndReason::ApiEnded, tx)).await {
+        Some(result) => result?,
+        None => calls::end_in_store(&state, &id, EndReason::ApiEnded).await?,
+    };
+    let epoch = state.store.get(&id).await.map(|r| r.epoch).unwrap_or(record.epoch);
+    Ok(Json(CallView::new(&call, epoch)).into_response())
+}
+
+pub async fn call_action(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiJson(action): ApiJson<Action>,
+) -> Result<Response, Error> {
+    let id = parse_call_id(&id)?;
+    action.validate().map_err(|e| invalid("invalid_action", e.to_string()))?;
+    let record = state.store.get(&id).await?;
+    if let Some(reason) = record.end_reason {
+        return Err(callworker_store::StoreError::Ended { reason }.into());
+    }
+    if matches!(action, Action::Hangup) && state.live.get(&id).is_none() {
+        let call = calls::end_in_store(&state, &id, EndReason::ApiEnded).await?;
+        return Ok(Json(CallView::new(&call, record.epoch.next())).into_response());
+    }
+    match ask_live(&state, &id, |tx| Command::Action(action, tx)).await {
+        Some(result) => Ok(Json(CallView::new(&result?, record.epoch)).into_response()),
+        None => Err(Error::new(
+            ErrorKind::Conflict,
+            "call_not_attached",
+            "no media session is attached to this call on this worker",
+        )),
+    }
+}

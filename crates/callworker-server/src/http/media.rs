@@ -1,0 +1,45 @@
+//! WebSocket upgrades for the media endpoints. Admission happens *before* the upgrade, so a
+//! worker at capacity answers 503 + `Retry-After` and the load balancer can try another.
+
+use axum::extract::State;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::response::{IntoResponse, Response};
+use callworker_call::Transport;
+use callworker_protocol::native;
+
+use crate::error::Error;
+use crate::session;
+use crate::state::AppState;
+
+/// Read buffer per connection: tungstenite's default (128 KiB) is zero-filled before every
+/// read and costs CPU and memory per call; media messages are well under this.
+const READ_BUFFER_BYTES: usize = 8 * 1024;
+/// Bytes buffered before a write reaches the socket: 0 writes eagerly (the writer flushes
+/// per batch anyway).
+const WRITE_BUFFER_BYTES: usize = 0;
+/// Bound on the write buffer when the socket cannot keep up (beyond it writes fail and the
+/// session ends); the outbound queue drops audio long before this.
+const WRITE_BUFFER_BYTES_MAX: usize = 256 * 1024;
+
+fn upgrade(state: AppState, ws: WebSocketUpgrade, transport: Transport) -> Result<Response, Error> {
+    let permit = state.admission.admit_session()?;
+    let max = state.config.limits.ws_message_bytes_max;
+    let tracker = state.sessions.clone();
+    Ok(ws
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(WRITE_BUFFER_BYTES_MAX)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .protocols([native::SUBPROTOCOL])
+        .on_upgrade(move |socket| tracker.track_future(session::run(state, socket, transport, permit)))
+        .into_response())
+}
+
+pub async fn native_media(State(state): State<AppState>, ws: WebSocketUpgrade) -> Result<Response, Error> {
+    upgrade(state, ws, Transport::Native)
+}
+
+pub async fn twilio_media(State(state): State<AppState>, ws: WebSocketUpgrade) -> Result<Response, Error> {
+    upgrade(state, ws, Transport::Twilio)
+}

@@ -1,0 +1,136 @@
+//! The callworker worker: carries live calls over WebSockets and drives them through an
+//! HTTP control API.
+//!
+//! Layout:
+//! - [`run`] / [`serve`]: the service; `main.rs` only parses the CLI and loads [`config`].
+//! - [`http`]: routes — control API (`/v1/calls…`), Twilio webhooks, media upgrades,
+//!   `/healthz`, `/readyz`, `/metrics`.
+//! - [`session`]: one WebSocket carrying one call: the driver (the call's actor while
+//!   attached), the writer, the per-call checkpoint writer, and the two protocols.
+//! - [`calls`]: call operations shared by routes and sessions (create, view, end).
+//! - [`admission`], [`live`], [`token`], [`error`], [`metrics`], [`telemetry`], [`state`].
+//!
+//! Invariants:
+//! - A call is driven by at most one session on this worker ([`live::LiveCalls`]), and every
+//!   write it makes is fenced by its epoch in the store, so two workers never both drive
+//!   a call past the first write of the newer one.
+//! - Admission is decided before a WebSocket upgrade or a call creation.
+//! - Every queue has a bound from [`config::Limits`]; what happens when it is full is
+//!   documented on the field.
+//! - Every call that ends here ends with a reason, counted in `callworker_calls_ended_total`.
+
+pub mod admission;
+pub mod calls;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod live;
+pub mod metrics;
+pub mod session;
+pub mod state;
+pub mod telemetry;
+pub mod token;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use callworker_store::CallStore;
+use callworker_store::memory::MemoryStore;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::admission::Admission;
+use crate::config::{Config, DEV_TOKEN_SECRET, StoreConfig};
+use crate::live::LiveCalls;
+use crate::state::{AppState, Shared, new_worker_id};
+use crate::token::Tokens;
+
+/// How often the Prometheus recorder's histograms are compacted.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Binds the configured address and serves until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(config.server.listen_addr)
+        .await
+        .with_context(|| format!("bind {}", config.server.listen_addr))?;
+    serve(config, listener, shutdown).await
+}
+
+/// Serves on `listener` until `shutdown` completes, then stops admitting, detaches every
+/// session (their calls stay resumable) and returns within `server.shutdown_grace`.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let metrics = metrics::install();
+    let worker_id = config.server.worker_id.clone().unwrap_or_else(new_worker_id);
+    let store: Arc<dyn CallStore> = match config.store {
+        StoreConfig::Memory { capacity } => Arc::new(MemoryStore::new(capacity)),
+    };
+    if config.security.token_secret == DEV_TOKEN_SECRET.as_bytes() {
+        warn!(
+            "security.token_secret is the development value; set CALLWORKER_SECURITY__TOKEN_SECRET in production"
+        );
+    }
+    let grace = config.server.shutdown_grace;
+    let state = AppState::new(Shared {
+        tokens: Tokens::new(config.security.token_secret.clone(), config.security.resume_token_ttl),
+        admission: Admission::new(config.limits.calls_max),
+        live: LiveCalls::default(),
+        worker_id,
+        store,
+        metrics: metrics.clone(),
+        shutdown: CancellationToken::new(),
+        sessions: TaskTracker::new(),
+        config,
+    });
+    let addr = listener.local_addr().context("read the bound address")?;
+    info!(%addr, worker_id = %state.worker_id, "callworker listening");
+
+    let upkeep = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+        loop {
+            tick.tick().await;
+            metrics.run_upkeep();
+        }
+    });
+
+    let stop = state.shutdown.clone();
+    let app = http::router(state.clone());
+    let mut server = tokio::spawn(async move {
+        axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
+    });
+
+    tokio::select! {
+        result = &mut server => {
+            upkeep.abort();
+            return match result {
+                Ok(Ok(())) => Err(anyhow::anyhow!("server stopped unexpectedly")),
+                Ok(Err(e)) => Err(e).context("serve HTTP"),
+                Err(e) => Err(e).context("server task failed"),
+            };
+        }
+        () = shutdown => {}
+    }
+
+    info!(grace_ms = grace.as_millis() as u64, "shutting down: no longer admitting, detaching sessions");
+    state.admission.start_draining();
+    state.shutdown.cancel();
+    state.sessions.close();
+    let drained = tokio::time::timeout(grace, async {
+        state.sessions.wait().await;
+        let _ = server.await;
+    })
+    .await;
+    upkeep.abort();
+    if drained.is_err() {
+        warn!("shutdown grace elapsed with sessions still open");
+    }
+    info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,91 @@
+//! Every metric the worker exports, defined in one place (names in base units, counters
+//! end in `_total`), and the Prometheus recorder served at `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Calls carried by this worker right now (a media session attached).
+pub const CALLS_ACTIVE: &str = "callworker_calls_active";
+/// Calls created (API, Twilio webhook, static stream), by `transport` ("api" for API-created).
+pub const CALLS_CREATED: &str = "callworker_calls_created_total";
+/// Media sessions that attached to a call, by `transport` and `resumed`.
+pub const CALLS_ATTACHED: &str = "callworker_calls_attached_total";
+/// Calls ended, by `reason` (DESIGN.md §4).
+pub const CALLS_ENDED: &str = "callworker_calls_ended_total";
+/// WebSocket media sessions open, by `transport`.
+pub const WS_SESSIONS: &str = "callworker_ws_sessions";
+/// WebSocket sessions closed, by `transport` and close `code`.
+pub const WS_CLOSED: &str = "callworker_ws_sessions_closed_total";
+/// Inbound messages refused or ignored as bad input, by `transport` and `reason`.
+pub const WS_REJECTED: &str = "callworker_ws_messages_rejected_total";
+/// Audio frames received, by `transport`.
+pub const FRAMES_IN: &str = "callworker_frames_in_total";
+/// Audio frames sent, by `transport`.
+pub const FRAMES_OUT: &str = "callworker_frames_out_total";
+/// Outbound audio frames dropped (queue full: slow consumer), by `transport`.
+pub const FRAMES_DROPPED: &str = "callworker_frames_dropped_total";
+/// Time to process one inbound audio frame (parse → call program → outputs queued).
+pub const FRAME_PROCESSING_SECONDS: &str = "callworker_frame_processing_seconds";
+/// Checkpoints written, by `outcome` (applied, duplicate, fenced, ended, error).
+pub const CHECKPOINTS: &str = "callworker_checkpoints_total";
+/// Checkpoint write latency.
+pub const CHECKPOINT_SECONDS: &str = "callworker_checkpoint_seconds";
+/// Checkpoint size.
+pub const CHECKPOINT_BYTES: &str = "callworker_checkpoint_bytes";
+/// New sessions or calls refused by admission, by `reason`.
+pub const ADMISSION_REFUSED: &str = "callworker_admission_refused_total";
+/// HTTP requests, by `route`, `method` and `status`.
+pub const HTTP_REQUESTS: &str = "callworker_http_requests_total";
+/// HTTP request latency, by `route`.
+pub const HTTP_REQUEST_SECONDS: &str = "callworker_http_request_seconds";
+
+const LATENCY_BUCKETS_SECONDS: &[f64] = &[
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 0.5, 1.0, 2.5,
+];
+const SIZE_BUCKETS_BYTES: &[f64] =
+    &[256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0, 262_144.0];
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Installs the process-wide Prometheus recorder (once; later calls return the same
+/// handle, so in-process tests can start several servers).
+pub fn install() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS_SECONDS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Suffix("_bytes".into()), SIZE_BUCKETS_BYTES))
+                .expect("bucket lists are non-empty constants");
+            let handle =
+                builder.install_recorder().expect("no other metrics recorder is installed in this process");
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_gauge!(CALLS_ACTIVE, "Calls carried by this worker right now (media session attached)");
+    describe_counter!(CALLS_CREATED, "Calls created, by transport");
+    describe_counter!(CALLS_ATTACHED, "Media sessions attached to a call, by transport and resumed");
+    describe_counter!(CALLS_ENDED, "Calls ended, by end reason");
+    describe_gauge!(WS_SESSIONS, "Open WebSocket media sessions, by transport");
+    describe_counter!(WS_CLOSED, "WebSocket media sessions closed, by transport and close code");
+    describe_counter!(
+        WS_REJECTED,
+        "Inbound media messages refused or ignored as bad input, by transport and reason"
+    );
+    describe_counter!(FRAMES_IN, "Inbound audio frames, by transport");
+    describe_counter!(FRAMES_OUT, "Outbound audio frames, by transport");
+    describe_counter!(FRAMES_DROPPED, "Outbound audio frames dropped because the session queue was full");
+    describe_histogram!(FRAME_PROCESSING_SECONDS, Unit::Seconds, "Time to process one inbound audio frame");
+    describe_counter!(CHECKPOINTS, "Checkpoint writes, by outcome");
+    describe_histogram!(CHECKPOINT_SECONDS, Unit::Seconds, "Checkpoint write latency");
+    describe_histogram!(CHECKPOINT_BYTES, Unit::Bytes, "Checkpoint size");
+    describe_counter!(ADMISSION_REFUSED, "Sessions or calls refused by admission, by reason");
+    describe_counter!(HTTP_REQUESTS, "HTTP requests, by route, method and status");
+    describe_histogram!(HTTP_REQUEST_SECONDS, Unit::Seconds, "HTTP request latency, by route");
+}

@@ -1,0 +1,211 @@
+//! The per-session outbound queue between a session's driver and its WebSocket writer.
+//!
+//! Bounded twice: at most `audio_max` audio frames and `control_max` control messages.
+//! When audio is full the *oldest* audio frame is dropped and counted (live audio that
+//! arrives late is worthless; the newest is what the caller should hear). Control messages
+//! (acks, marks, events, close) are never dropped: when they overflow, the consumer is too
+//! slow to be served and the session is closed. Order is preserved between everything that
+//! is not dropped, so a Twilio `mark` still follows the audio it marks.
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use axum::extract::ws::{CloseFrame, Message};
+use tokio::sync::Notify;
+
+#[derive(Debug)]
+enum Item {
+    Audio(Message),
+    Control(Message),
+}
+
+#[derive(Debug)]
+struct Inner {
+    items: VecDeque<Item>,
+    audio_len: usize,
+    control_len: usize,
+    /// Set once a close frame is queued: nothing is accepted after it.
+    closing: bool,
+}
+
+/// Outcome of queueing a control message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlPush {
+    Queued,
+    /// The control bound is reached: the consumer is too slow; close the session.
+    Overflow,
+    /// A close is already queued; the message was discarded.
+    Closing,
+}
+
+/// Bounded queue drained by the session's writer task.
+#[derive(Debug)]
+pub struct OutboundQueue {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    audio_max: usize,
+    control_max: usize,
+}
+
+impl OutboundQueue {
+    pub fn new(audio_max: usize, control_max: usize) -> OutboundQueue {
+        OutboundQueue {
+            inner: Mutex::new(Inner {
+                items: VecDeque::with_capacity(audio_max.min(64) + 4),
+                audio_len: 0,
+                control_len: 0,
+                closing: false,
+            }),
+            notify: Notify::new(),
+            audio_max: audio_max.max(1),
+            control_max: control_max.max(1),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // A panic while holding this lock cannot leave the queue inconsistent (every
+        // mutation is a single push/remove), so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an audio frame; returns how many older frames were dropped to make room
+    /// (0 or 1). Audio queued after a close is discarded (returns 0).
+    pub fn push_audio(&self, msg: Message) -> usize {
+        let mut inner = self.lock();
+        if inner.closing {
+            return 0;
+        }
+        let mut dropped = 0;
+        if inner.audio_len >= self.audio_max
+            && let Some(pos) = inner.items.iter().position(|i| matches!(i, Item::Audio(_)))
+        {
+            inner.items.remove(pos);
+            inner.audio_len -= 1;
+            dropped = 1;
+        }
+        inner.items.push_back(Item::Audio(msg));
+        inner.audio_len += 1;
+        drop(inner);
+        self.notify.notify_one();
+        dropped
+    }
+
+    /// Queues a control message, refusing it when the control bound is reached.
+    pub fn push_control(&self, msg: Message) -> ControlPush {
+        let mut inner = self.lock();
+        if inner.closing {
+            return ControlPush::Closing;
+        }
+        if inner.control_len >= self.control_max {
+            return ControlPush::Overflow;
+        }
+        inner.items.push_back(Item::Control(msg));
+        inner.control_len += 1;
+        drop(inner);
+        self.notify.notify_one();
+        ControlPush::Queued
+    }
+
+    /// Discards queued audio (e.g. on `clear`); control messages stay.
+    pub fn clear_audio(&self) -> usize {
+        let mut inner = self.lock();
+        let before = inner.items.len();
+        inner.items.retain(|i| matches!(i, Item::Control(_)));
+        let removed = before - inner.items.len();
+        inner.audio_len = 0;
+        removed
+    }
+
+    /// Queues a close frame after everything already queued (always accepted, once), so a
+    /// final `bye` or error is delivered before the socket closes.
+    pub fn close(&self, code: u16, reason: String) {
+        let mut inner = self.lock();
+        if inner.closing {
+            return;
+        }
+        inner.closing = true;
+        inner
+            .items
+            .push_back(Item::Control(Message::Close(Some(CloseFrame { code, reason: reason.into() }))));
+        inner.control_len += 1;
+        drop(inner);
+        self.notify.notify_one();
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.lock().closing
+    }
+
+    /// Moves everything queued into `batch` (in order), waiting until there is something.
+    pub async fn drain_into(&self, batch: &mut Vec<Message>) {
+        loop {
+            {
+                let mut inner = self.lock();
+                if !inner.items.is_empty() {
+                    batch.extend(inner.items.drain(..).map(|i| match i {
+                        Item::Audio(m) | Item::Control(m) => m,
+                    }));
+                    inner.audio_len = 0;
+                    inner.control_len = 0;
+                    return;
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(m: &Message) -> String {
+        match m {
+            Message::Text(t) => t.as_str().to_owned(),
+            Message::Binary(b) => format!("bin:{}", b[0]),
+            Message::Close(Some(c)) => format!("close:{}", c.code),
+            other => format!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn full_audio_drops_the_oldest_frame_and_keeps_order() {
+        let q = OutboundQueue::new(2, 4);
+        assert_eq!(q.push_audio(Message::Binary(vec![1].into())), 0);
+        assert_eq!(q.push_control(Message::Text("mark".into())), ControlPush::Queued);
+        assert_eq!(q.push_audio(Message::Binary(vec![2].into())), 0);
+        assert_eq!(q.push_audio(Message::Binary(vec![3].into())), 1);
+        let mut batch = Vec::new();
+        q.drain_into(&mut batch).await;
+        let got: Vec<String> = batch.iter().map(text).collect();
+        assert_eq!(got, ["mark", "bin:2", "bin:3"]);
+    }
+
+    #[tokio::test]
+    async fn control_is_never_dropped_but_overflow_is_reported() {
+        let q = OutboundQueue::new(2, 2);
+        assert_eq!(q.push_control(Message::Text("a".into())), ControlPush::Queued);
+        assert_eq!(q.push_control(Message::Text("b".into())), ControlPush::Queued);
+        assert_eq!(q.push_control(Message::Text("c".into())), ControlPush::Overflow);
+        // A close is always accepted and is the last thing sent.
+        q.close(4430, "slow".into());
+        assert_eq!(q.push_control(Message::Text("d".into())), ControlPush::Closing);
+        assert_eq!(q.push_audio(Message::Binary(vec![9].into())), 0);
+        let mut batch = Vec::new();
+        q.drain_into(&mut batch).await;
+        let got: Vec<String> = batch.iter().map(text).collect();
+        assert_eq!(got, ["a", "b", "close:4430"]);
+    }
+
+    #[tokio::test]
+    async fn clear_discards_audio_only() {
+        let q = OutboundQueue::new(4, 4);
+        q.push_audio(Message::Binary(vec![1].into()));
+        q.push_control(Message::Text("ack".into()));
+        q.push_audio(Message::Binary(vec![2].into()));
+        assert_eq!(q.clear_audio(), 2);
+        let mut batch = Vec::new();
+        q.drain_into(&mut batch).await;
+        assert_eq!(batch.iter().map(text).collect::<Vec<_>>(), ["ack"]);
+    }
+}
