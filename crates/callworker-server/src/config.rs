@@ -266,14 +266,39 @@ impl Config {
                 rest.contains("__").then(|| (rest.to_ascii_lowercase().replace("__", "."), v))
             })
             .collect();
+        // An environment variable replaces the whole value at its key (a table given in an
+        // env var is not merged into the file's table), parsed the way figment parses
+        // environment values: numbers, booleans, arrays and inline tables become typed.
+        let mut tree: figment::value::Dict =
+            figment.extract().map_err(|e| invalid(one_line(&e.to_string())))?;
         for (key, value) in vars {
-            // Parsed the way figment parses environment variables: numbers and booleans
-            // become typed values, anything else stays a string.
             let value: figment::value::Value = value.parse().unwrap_or_else(|_| value.into());
-            figment = figment.merge(Serialized::global(&key, value));
+            set_path(&mut tree, &key, value);
         }
-        let raw: RawConfig = figment.extract().map_err(|e| invalid(one_line(&e.to_string())))?;
+        let raw: RawConfig = Figment::from(Serialized::defaults(tree))
+            .extract()
+            .map_err(|e| invalid(one_line(&e.to_string())))?;
         validate(raw)
+    }
+}
+
+/// Sets `tree[a][b]… = value` for the dotted `path`, replacing what was there.
+fn set_path(tree: &mut figment::value::Dict, path: &str, value: figment::value::Value) {
+    use figment::value::{Tag, Value};
+    match path.split_once('.') {
+        None => {
+            tree.insert(path.to_owned(), value);
+        }
+        Some((head, rest)) => {
+            let entry =
+                tree.entry(head.to_owned()).or_insert_with(|| Value::Dict(Tag::Default, Default::default()));
+            if !matches!(entry, Value::Dict(..)) {
+                *entry = Value::Dict(Tag::Default, Default::default());
+            }
+            if let Value::Dict(_, dict) = entry {
+                set_path(dict, rest, value);
+            }
+        }
     }
 }
 
@@ -455,6 +480,16 @@ mod tests {
         .unwrap();
         assert_eq!(config.limits.calls_max, 7);
         assert_eq!(config.server.public_url, "https://lb.example");
+    }
+
+    #[test]
+    fn a_table_in_an_env_var_replaces_the_file_table() {
+        let config = load(&[(
+            "CALLWORKER_CALLS__DEFAULT_PROGRAM",
+            r#"{name = "tone", params = {segments = [{freqs_hz = [440], duration_ms = 100}]}}"#,
+        )])
+        .unwrap();
+        assert_eq!(config.calls.default_program.name(), "tone");
     }
 
     #[test]

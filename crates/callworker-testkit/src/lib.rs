@@ -1,1 +1,213 @@
-//! placeholder
+//! Test support: start real callworker processes (and, later, redis-server and haproxy) on
+//! free loopback ports, and stop them by PID. Used only as a dev-dependency.
+//!
+//! Every process started here is owned by a guard whose `Drop` kills it (SIGKILL) and reaps
+//! it, so a failing or panicking test leaves nothing running. Worker logs go to
+//! `target/test-logs/`, and their path is printed when a worker fails to start.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+pub use rustix::process::Signal;
+use rustix::process::{Pid, kill_process};
+
+/// How long a worker may take to answer `/healthz` after start.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The workspace root (where `Cargo.toml`, `config/` and `target/` live).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the workspace root exists")
+}
+
+/// Path of a binary built in the same profile as the running test: tests run from
+/// `target/<profile>/deps/`, binaries sit in `target/<profile>/`. `CALLWORKER_BIN_DIR`
+/// overrides (e.g. to test release binaries).
+pub fn binary(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CALLWORKER_BIN_DIR") {
+        return PathBuf::from(dir).join(name);
+    }
+    let exe = std::env::current_exe().expect("the test binary has a path");
+    let profile_dir =
+        exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps");
+    profile_dir.join(name)
+}
+
+/// A loopback port free at the time of the call.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral loopback port")
+}
+
+fn logs_dir() -> PathBuf {
+    let dir = workspace_root().join("target/test-logs");
+    std::fs::create_dir_all(&dir).expect("create target/test-logs");
+    dir
+}
+
+/// Sends a signal to a process by PID.
+pub fn signal(pid: u32, sig: Signal) -> anyhow::Result<()> {
+    let raw = i32::try_from(pid).context("pid fits i32")?;
+    let pid = Pid::from_raw(raw).context("pid is positive")?;
+    kill_process(pid, sig).with_context(|| format!("signal pid {raw}"))
+}
+
+/// How to start a worker.
+#[derive(Debug, Clone, Default)]
+pub struct WorkerOptions {
+    /// Name used for the log file.
+    pub name: String,
+    /// Extra `CALLWORKER_*` variables (e.g. `("CALLWORKER_LIMITS__CALLS_MAX", "2")`).
+    pub env: Vec<(String, String)>,
+}
+
+impl WorkerOptions {
+    pub fn named(name: &str) -> WorkerOptions {
+        WorkerOptions { name: name.to_owned(), env: Vec::new() }
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> WorkerOptions {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+}
+
+/// A running `callworker` process. Killed (SIGKILL) and reaped on drop.
+#[derive(Debug)]
+pub struct Worker {
+    child: Option<Child>,
+    pub port: u16,
+    /// `http://127.0.0.1:<port>`.
+    pub base_url: String,
+    pub log_path: PathBuf,
+}
+
+impl Worker {
+    /// Starts a worker on a free port and waits until `/healthz` answers.
+    pub async fn start(options: WorkerOptions) -> anyhow::Result<Worker> {
+        let port = free_port();
+        let base_url = format!("http://127.0.0.1:{port}");
+        let name = if options.name.is_empty() { "worker".to_owned() } else { options.name.clone() };
+        let log_path = logs_dir().join(format!("{name}-{port}.log"));
+        let log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
+        let bin = binary("callworker");
+        let mut command = Command::new(&bin);
+        command
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("CALLWORKER_CONFIG_DIR", workspace_root().join("config"))
+            .env("CALLWORKER_SERVER__LISTEN_ADDR", format!("127.0.0.1:{port}"))
+            .env("CALLWORKER_SERVER__PUBLIC_URL", &base_url)
+            .env("CALLWORKER_LOG__FILTER", "info,callworker_server=debug")
+            .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        let child = command.spawn().with_context(|| format!("spawn {} (build it first)", bin.display()))?;
+        let mut worker = Worker { child: Some(child), port, base_url, log_path };
+        worker.wait_healthy().await?;
+        Ok(worker)
+    }
+
+    async fn wait_healthy(&mut self) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                bail!(
+                    "worker exited during start ({status}); log: {}\n{}",
+                    self.log_path.display(),
+                    self.log_tail()
+                );
+            }
+            if let Ok(r) = http.get(format!("{}/healthz", self.base_url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "worker not healthy after {START_TIMEOUT:?}; log: {}\n{}",
+                    self.log_path.display(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The last lines of the worker's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends a signal to the worker.
+    pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        signal(self.pid().context("worker already reaped")?, sig)
+    }
+
+    /// SIGTERM, then waits (bounded) for exit; returns the exit status.
+    pub async fn terminate(&mut self, timeout: Duration) -> anyhow::Result<ExitStatus> {
+        self.signal(Signal::TERM)?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                self.child = None;
+                return Ok(status);
+            }
+            if Instant::now() > deadline {
+                bail!("worker did not exit within {timeout:?} of SIGTERM");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs the worker binary to completion with `args` and extra env (e.g. `--check-config`),
+/// returning its exit code and combined output.
+pub fn run_worker_command(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<(Option<i32>, String)> {
+    let output = Command::new(binary("callworker"))
+        .env_clear()
+        .env("CALLWORKER_CONFIG_DIR", workspace_root().join("config"))
+        .envs(env.iter().copied())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run callworker")?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    Ok((output.status.code(), text))
+}

@@ -21,6 +21,13 @@ const WRITE_BUFFER_BYTES: usize = 0;
 /// session ends); the outbound queue drops audio long before this.
 const WRITE_BUFFER_BYTES_MAX: usize = 256 * 1024;
 
+/// Frames may be up to this many times the message bound. tungstenite checks the frame
+/// bound on the header (before reading the payload) and the message bound after reading it;
+/// a frame refused unread leaves bytes in the socket, so closing it sends a TCP reset that
+/// destroys our close frame. With a larger frame bound, a moderately oversized message is
+/// read, refused with 1009 and closed cleanly; only abusive frames are cut off.
+const FRAME_TO_MESSAGE_BOUND: usize = 2;
+
 fn upgrade(state: AppState, ws: WebSocketUpgrade, transport: Transport) -> Result<Response, Error> {
     let permit = state.admission.admit_session()?;
     let max = state.config.limits.ws_message_bytes_max;
@@ -30,7 +37,7 @@ fn upgrade(state: AppState, ws: WebSocketUpgrade, transport: Transport) -> Resul
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(WRITE_BUFFER_BYTES_MAX)
         .max_message_size(max)
-        .max_frame_size(max)
+        .max_frame_size(max * FRAME_TO_MESSAGE_BOUND)
         .protocols([native::SUBPROTOCOL])
         .on_upgrade(move |socket| tracker.track_future(session::run(state, socket, transport, permit)))
         .into_response())

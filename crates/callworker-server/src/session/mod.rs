@@ -46,6 +46,8 @@ use rate::RateLimiter;
 const FINAL_WRITE_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long the writer may take to flush the last messages and the close frame.
 const WRITER_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a closing session waits for the peer's close frame.
+const CLOSE_LINGER: Duration = Duration::from_secs(1);
 
 /// The protocol-specific half of an attached session.
 #[derive(Debug)]
@@ -143,7 +145,18 @@ pub async fn run(state: AppState, socket: WebSocket, transport: Transport, permi
         }
     };
     metrics::counter!(m::WS_CLOSED, "transport" => label, "code" => code.to_string()).increment(1);
-    if tokio::time::timeout(WRITER_FLUSH_TIMEOUT, writer).await.is_err() {
+    // Closing handshake: while the writer flushes our close frame, read and discard input
+    // until the peer's close arrives (bounded), so input still in flight does not turn our
+    // close into a TCP reset that would destroy the close code on its way.
+    let drain = tokio::time::timeout(CLOSE_LINGER, async {
+        while let Some(Ok(msg)) = stream.next().await {
+            if matches!(msg, Message::Close(_)) {
+                break;
+            }
+        }
+    });
+    let (flushed, _) = tokio::join!(tokio::time::timeout(WRITER_FLUSH_TIMEOUT, writer), drain);
+    if flushed.is_err() {
         debug!(transport = label, "writer did not flush in time");
     }
     metrics::gauge!(m::WS_SESSIONS, "transport" => label).decrement(1.0);

@@ -1,0 +1,76 @@
+//! Helpers shared by the end-to-end tests (included with `mod common;`).
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use callworker_client::api::{ControlApi, CreatedCall, metric_sum};
+use callworker_client::native::{self, NativeReceiver, NativeSender, ServerEvent};
+use callworker_protocol::native::{ServerControl, Welcome};
+use callworker_protocol::{AudioFormat, Encoding};
+use serde_json::{Value, json};
+
+/// Bound on any single wait in these tests.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const PCMU_8K: AudioFormat = AudioFormat { encoding: Encoding::Pcmu, sample_rate_hz: 8_000 };
+
+pub fn echo_program() -> Value {
+    json!({"name": "echo", "params": {"delay_ms": 0}})
+}
+
+pub fn tone_program() -> Value {
+    json!({"name": "tone", "params": {"segments": [{"freqs_hz": [440], "duration_ms": 1000}], "hangup_digit": "#"}})
+}
+
+/// Creates a call through the API and connects a native session to it.
+pub async fn native_call(
+    api: &ControlApi,
+    program: Value,
+) -> (CreatedCall, NativeSender, NativeReceiver, Welcome) {
+    let created = api.create_call(&json!({ "program": program })).await.unwrap();
+    let hello = native::first_hello(created.call_id(), &created.resume_token, PCMU_8K);
+    let (tx, rx, welcome) = native::connect(&created.media_url, hello).await.unwrap();
+    (created, tx, rx, welcome)
+}
+
+/// Collects server audio until `bytes` have arrived (bounded by [`WAIT`]); also returns the
+/// control messages seen meanwhile.
+pub async fn receive_audio(rx: &mut NativeReceiver, bytes: usize) -> (Vec<u8>, Vec<ServerControl>, Vec<u64>) {
+    let mut audio = Vec::new();
+    let mut controls = Vec::new();
+    let mut seqs = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while audio.len() < bytes {
+            match rx.next().await {
+                Some(ServerEvent::Audio { seq, payload, .. }) => {
+                    seqs.push(seq);
+                    audio.extend_from_slice(&payload);
+                }
+                Some(ServerEvent::Control(c)) => controls.push(c),
+                Some(ServerEvent::Closed { code, reason }) => panic!("closed early: {code} {reason}"),
+                None => panic!("receiver ended"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out after {} of {bytes} bytes", audio.len()));
+    (audio, controls, seqs)
+}
+
+/// Reads the worker's metrics and sums one series.
+pub async fn metric(api: &ControlApi, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_sum(&api.metrics().await.unwrap(), name, labels)
+}
+
+/// Polls `GET /v1/calls/{id}` until `pred` holds (bounded).
+pub async fn wait_for_call(api: &ControlApi, call_id: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let call = api.get_call(call_id).await.unwrap();
+        if pred(&call) {
+            return call;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "call never reached the expected state: {call}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
