@@ -235,3 +235,29 @@ async fn health_readiness_and_capacity_refusals() {
     }
     assert!(metric(&api, "callworker_admission_refused_total", &[("reason", "at_capacity")]).await >= 3.0);
 }
+
+#[tokio::test]
+async fn sigterm_detaches_live_sessions_and_exits_zero() {
+    let mut worker = Worker::start(WorkerOptions::named("api-sigterm")).await.unwrap();
+    let api = ControlApi::new(&worker.base_url);
+    let (created, mut tx, mut rx, _) = native_call(&api, echo_program()).await;
+    tx.send_audio(1, &test_pattern(5, 160)).await.unwrap();
+    receive_audio(&mut rx, 160).await;
+
+    let status = worker.terminate(std::time::Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "worker exit status after SIGTERM: {status}");
+    // The client was told to reconnect elsewhere; the call was detached, not ended.
+    let mut migrate = None;
+    let (code, _) = tokio::time::timeout(WAIT, async {
+        loop {
+            match rx.next().await.unwrap() {
+                ServerEvent::Control(ServerControl::Migrate { reason, .. }) => migrate = Some(reason),
+                ServerEvent::Closed { code, reason } => break (code, reason),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!((migrate.as_deref(), code), (Some("worker_shutdown"), 1001), "call {}", created.call_id());
+}

@@ -58,16 +58,24 @@ impl Tokens {
         mac
     }
 
-    /// A resume token for `call_id`/`tenant` at `epoch`, valid for the configured TTL.
-    pub fn issue(&self, call_id: &CallId, tenant: &TenantId, epoch: Epoch, now: UnixMillis) -> String {
-        let expiry = now + self.ttl;
-        let mac = self.mac(&[
+    fn resume_mac(&self, call_id: &CallId, tenant: &TenantId, epoch: Epoch, expiry_ms: u64) -> HmacSha256 {
+        self.mac(&[
             b"resume-v1",
             call_id.as_str().as_bytes(),
             tenant.as_str().as_bytes(),
             &epoch.get().to_be_bytes(),
-            &expiry.0.to_be_bytes(),
-        ]);
+            &expiry_ms.to_be_bytes(),
+        ])
+    }
+
+    fn stream_mac(&self, call_id: &CallId, epoch: Epoch) -> HmacSha256 {
+        self.mac(&[b"twilio-stream-v1", call_id.as_str().as_bytes(), &epoch.get().to_be_bytes()])
+    }
+
+    /// A resume token for `call_id`/`tenant` at `epoch`, valid for the configured TTL.
+    pub fn issue(&self, call_id: &CallId, tenant: &TenantId, epoch: Epoch, now: UnixMillis) -> String {
+        let expiry = now + self.ttl;
+        let mac = self.resume_mac(call_id, tenant, epoch, expiry.0);
         format!("v1.{}.{}", expiry.0, URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
     }
 
@@ -89,15 +97,9 @@ impl Tokens {
         };
         let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
-        self.mac(&[
-            b"resume-v1",
-            call_id.as_str().as_bytes(),
-            tenant.as_str().as_bytes(),
-            &epoch.get().to_be_bytes(),
-            &expiry.to_be_bytes(),
-        ])
-        .verify_slice(&sig)
-        .map_err(|_| TokenError::BadSignature)?;
+        self.resume_mac(call_id, tenant, epoch, expiry)
+            .verify_slice(&sig)
+            .map_err(|_| TokenError::BadSignature)?;
         if now.0 > expiry {
             return Err(TokenError::Expired);
         }
@@ -107,8 +109,7 @@ impl Tokens {
     /// Signature of the Twilio `<Parameter>`s naming a call, so a stream cannot claim a call
     /// it was not sent to.
     pub fn stream_signature(&self, call_id: &CallId, epoch: Epoch) -> String {
-        let mac = self.mac(&[b"twilio-stream-v1", call_id.as_str().as_bytes(), &epoch.get().to_be_bytes()]);
-        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+        URL_SAFE_NO_PAD.encode(self.stream_mac(call_id, epoch).finalize().into_bytes())
     }
 
     /// Verifies a Twilio stream-parameter signature.
@@ -122,9 +123,7 @@ impl Tokens {
             return Err(TokenError::Malformed);
         }
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
-        self.mac(&[b"twilio-stream-v1", call_id.as_str().as_bytes(), &epoch.get().to_be_bytes()])
-            .verify_slice(&sig)
-            .map_err(|_| TokenError::BadSignature)
+        self.stream_mac(call_id, epoch).verify_slice(&sig).map_err(|_| TokenError::BadSignature)
     }
 }
 

@@ -605,7 +605,7 @@ impl Driver {
                     if let Wire::Twilio(w) = &mut self.wire
                         && let Some(mark) = w.mark_after(seq, self.state.config.twilio.mark_interval_frames)
                     {
-                        push_control(&self.out, mark);
+                        push_control(&self.out, self.transport, mark);
                     }
                 }
                 Output::Clear => {
@@ -615,12 +615,12 @@ impl Driver {
                         Wire::Twilio(w) => Some(w.clear()),
                     };
                     if let Some(msg) = msg {
-                        push_control(&self.out, msg);
+                        push_control(&self.out, self.transport, msg);
                     }
                 }
                 Output::Notify { name, detail } => {
                     if let Wire::Native(w) = &self.wire {
-                        push_control(&self.out, w.event(name, detail));
+                        push_control(&self.out, self.transport, w.event(name, detail));
                     }
                 }
                 Output::Checkpoint => checkpoint_now = true,
@@ -636,7 +636,7 @@ impl Driver {
     }
 
     fn control(&mut self, msg: Message) {
-        push_control(&self.out, msg);
+        push_control(&self.out, self.transport, msg);
     }
 
     fn pending(&mut self, end: Option<EndReason>) -> Pending {
@@ -775,9 +775,10 @@ impl Driver {
     }
 }
 
-fn push_control(out: &OutboundQueue, msg: Message) {
+fn push_control(out: &OutboundQueue, transport: Transport, msg: Message) {
     if out.push_control(msg) == ControlPush::Overflow {
-        metrics::counter!(m::WS_REJECTED, "transport" => "any", "reason" => "slow_consumer").increment(1);
+        metrics::counter!(m::WS_REJECTED, "transport" => transport.as_str(), "reason" => "slow_consumer")
+            .increment(1);
         out.clear_audio();
         out.close(close::SLOW_CONSUMER, "slow_consumer: control queue full".to_owned());
     }
