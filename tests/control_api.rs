@@ -261,3 +261,19 @@ async fn sigterm_detaches_live_sessions_and_exits_zero() {
     .unwrap();
     assert_eq!((migrate.as_deref(), code), (Some("worker_shutdown"), 1001), "call {}", created.call_id());
 }
+
+#[tokio::test]
+async fn media_endpoints_and_webhooks_refuse_the_wrong_kind_of_request_in_json() {
+    let worker = Worker::start(WorkerOptions::named("api-kinds")).await.unwrap();
+    let api = ControlApi::new(&worker.base_url);
+    for path in ["/v1/media", "/twilio/media"] {
+        let (status, body) = raw(&api, "GET", path, None).await;
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("websocket_upgrade_required")),
+            "{path}"
+        );
+    }
+    let (status, body) = raw(&api, "POST", "/twilio/voice", Some(("application/json", "{}"))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (415, Some("unsupported_media_type")));
+}

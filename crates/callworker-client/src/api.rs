@@ -53,7 +53,7 @@ impl ControlApi {
         })
     }
 
-    /// `POST /v1/calls` with a raw JSON body, e.g. `{"program": {"name": "echo"}}`.
+    /// `POST /v1/calls` with a raw JSON body, e.g. `{"program": {"name": "echo", "params": {}}}`.
     pub async fn create_call(&self, body: &Value) -> Result<CreatedCall, ClientError> {
         let response = self.http.post(format!("{}/v1/calls", self.base_url)).json(body).send().await?;
         let body = Self::json(response).await?;

@@ -81,8 +81,11 @@ pub async fn end_in_store(state: &AppState, call_id: &CallId, reason: EndReason)
             Err(e) => return Err(e.into()),
         }
     }
-    Err(Error::new(ErrorKind::Conflict, "call_busy", "the call changed owner while ending it; retry")
-        .retry_after(1))
+    Err(Error::new(
+        ErrorKind::Conflict,
+        "call_owner_changed",
+        "the call changed owner while ending it; retry",
+    ))
 }
 
 /// A call as the control API shows it.

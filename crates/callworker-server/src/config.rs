@@ -275,9 +275,7 @@ impl Config {
             let value: figment::value::Value = value.parse().unwrap_or_else(|_| value.into());
             set_path(&mut tree, &key, value);
         }
-        let raw: RawConfig = Figment::from(Serialized::defaults(tree))
-            .extract()
-            .map_err(|e| invalid(one_line(&e.to_string())))?;
+        let raw: RawConfig = Figment::from(Serialized::defaults(tree)).extract().map_err(describe)?;
         validate(raw)
     }
 }
@@ -299,6 +297,19 @@ fn set_path(tree: &mut figment::value::Dict, path: &str, value: figment::value::
                 set_path(dict, rest, value);
             }
         }
+    }
+}
+
+/// The first error as `key.path: what is wrong`, without figment's provenance details
+/// (which name Rust types and source lines, not the operator's files).
+fn describe(e: figment::Error) -> ConfigError {
+    let first = e.into_iter().next();
+    match first {
+        Some(err) if !err.path.is_empty() => {
+            invalid(one_line(&format!("{}: {}", err.path.join("."), err.kind)))
+        }
+        Some(err) => invalid(one_line(&err.kind.to_string())),
+        None => invalid("unreadable configuration"),
     }
 }
 

@@ -8,7 +8,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Calls carried by this worker right now (a media session attached).
 pub const CALLS_ACTIVE: &str = "callworker_calls_active";
-/// Calls created (API, Twilio webhook, static stream), by `transport` ("api" for API-created).
+/// Calls created, by `via`: `api` (control API) or `twilio` (voice webhook, static stream).
 pub const CALLS_CREATED: &str = "callworker_calls_created_total";
 /// Media sessions that attached to a call, by `transport` and `resumed`.
 pub const CALLS_ATTACHED: &str = "callworker_calls_attached_total";
@@ -69,7 +69,7 @@ pub fn install() -> PrometheusHandle {
 
 fn describe() {
     describe_gauge!(CALLS_ACTIVE, "Calls carried by this worker right now (media session attached)");
-    describe_counter!(CALLS_CREATED, "Calls created, by transport");
+    describe_counter!(CALLS_CREATED, "Calls created, by via (api, twilio)");
     describe_counter!(CALLS_ATTACHED, "Media sessions attached to a call, by transport and resumed");
     describe_counter!(CALLS_ENDED, "Calls ended, by end reason");
     describe_gauge!(WS_SESSIONS, "Open WebSocket media sessions, by transport");

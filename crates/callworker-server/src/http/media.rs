@@ -3,11 +3,12 @@
 
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::response::{IntoResponse, Response};
 use callworker_call::Transport;
 use callworker_protocol::native;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorKind};
 use crate::session;
 use crate::state::AppState;
 
@@ -28,7 +29,18 @@ const WRITE_BUFFER_BYTES_MAX: usize = 256 * 1024;
 /// read, refused with 1009 and closed cleanly; only abusive frames are cut off.
 const FRAME_TO_MESSAGE_BOUND: usize = 2;
 
-fn upgrade(state: AppState, ws: WebSocketUpgrade, transport: Transport) -> Result<Response, Error> {
+fn upgrade(
+    state: AppState,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    transport: Transport,
+) -> Result<Response, Error> {
+    let ws = ws.map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidRequest,
+            "websocket_upgrade_required",
+            format!("not a WebSocket upgrade: {e}"),
+        )
+    })?;
     let permit = state.admission.admit_session()?;
     let max = state.config.limits.ws_message_bytes_max;
     let tracker = state.sessions.clone();
@@ -43,10 +55,16 @@ fn upgrade(state: AppState, ws: WebSocketUpgrade, transport: Transport) -> Resul
         .into_response())
 }
 
-pub async fn native_media(State(state): State<AppState>, ws: WebSocketUpgrade) -> Result<Response, Error> {
+pub async fn native_media(
+    State(state): State<AppState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Error> {
     upgrade(state, ws, Transport::Native)
 }
 
-pub async fn twilio_media(State(state): State<AppState>, ws: WebSocketUpgrade) -> Result<Response, Error> {
+pub async fn twilio_media(
+    State(state): State<AppState>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, Error> {
     upgrade(state, ws, Transport::Twilio)
 }

@@ -111,10 +111,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiForm<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        axum::Form::<T>::from_request(req, state)
-            .await
-            .map(|axum::Form(v)| ApiForm(v))
-            .map_err(|e: FormRejection| Error::new(ErrorKind::InvalidRequest, "invalid_form", e.body_text()))
+        axum::Form::<T>::from_request(req, state).await.map(|axum::Form(v)| ApiForm(v)).map_err(
+            |e: FormRejection| match e {
+                FormRejection::InvalidFormContentType(_) => Error::new(
+                    ErrorKind::UnsupportedMediaType,
+                    "unsupported_media_type",
+                    "expected Content-Type: application/x-www-form-urlencoded",
+                ),
+                e => Error::new(ErrorKind::InvalidRequest, "invalid_form", e.body_text()),
+            },
+        )
     }
 }
 

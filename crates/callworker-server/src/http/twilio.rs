@@ -91,6 +91,7 @@ pub async fn voice(
 }
 
 #[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct StreamEndedQuery {
     call_id: String,
 }

@@ -104,17 +104,17 @@ pub async fn task_main(
             let started = Instant::now();
             let bytes = pending.blob.len();
             let checkpoint = Checkpoint { seq: pending.seq, blob: pending.blob.clone() };
+            let mut duplicate = false;
             let outcome = match pending.end {
                 Some(reason) => store.end(&call_id, epoch, reason, Some(checkpoint)).await.map(|_| ()),
                 None => store.checkpoint(&call_id, epoch, checkpoint, lease).await.map(|ack| {
-                    if let CheckpointAck::Duplicate { .. } = ack {
-                        metrics::counter!(m::CHECKPOINTS, "outcome" => "duplicate").increment(1);
-                    }
+                    duplicate = matches!(ack, CheckpointAck::Duplicate { .. });
                 }),
             };
             metrics::histogram!(m::CHECKPOINT_SECONDS).record(started.elapsed().as_secs_f64());
             metrics::histogram!(m::CHECKPOINT_BYTES).record(bytes as f64);
             let label = match &outcome {
+                Ok(()) if duplicate => "duplicate",
                 Ok(()) => "applied",
                 Err(StoreError::Fenced { .. }) => "fenced",
                 Err(StoreError::Ended { .. }) => "ended",
