@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use callworker_store::CallStore;
 use callworker_store::memory::MemoryStore;
 use tokio::net::TcpListener;
@@ -102,6 +103,14 @@ pub async fn serve(
 
     let stop = state.shutdown.clone();
     let app = http::router(state.clone());
+    // Media is many small messages in real time: without TCP_NODELAY, Nagle's algorithm holds
+    // a small write (an ack, a mark) until the previous one is acknowledged, and the peer's
+    // delayed ACK rides on its next frame, so every echo would arrive ~20 ms late.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            warn!(error = %e, "could not set TCP_NODELAY on an accepted connection");
+        }
+    });
     let mut server = tokio::spawn(async move {
         axum::serve(listener, app).with_graceful_shutdown(async move { stop.cancelled().await }).await
     });
