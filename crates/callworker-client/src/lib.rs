@@ -4,6 +4,10 @@
 //! - [`api`]: [`api::ControlApi`], a typed client of the HTTP control API.
 //! - [`native`]: the native resumable protocol — connect with `hello`, send sequenced audio,
 //!   receive `(epoch, seq)` audio and control messages.
+//! - [`resilient`]: [`resilient::ResilientCall`], a native call that survives lost sessions:
+//!   bounded replay buffer with a retained tail, resume with backoff and jitter across
+//!   media URLs, `(epoch, seq)` de-duplication of server audio, liveness pings; final on
+//!   4409 and the other non-reconnect close codes.
 //! - [`twilio`]: a Twilio Media Streams simulator that behaves as Twilio does: fetches TwiML
 //!   from the voice webhook, streams `connected`/`start`/`media`/`dtmf`/`stop` with proper
 //!   sequence numbers, plays received audio on a real clock and echoes each `mark` once the
@@ -15,6 +19,7 @@
 pub mod api;
 pub mod audio;
 pub mod native;
+pub mod resilient;
 pub mod twilio;
 
 /// Errors from the clients.

@@ -5,8 +5,15 @@
 //! tx.send_audio(seq, &payload).await?;
 //! while let Some(event) = rx.next().await { … }
 //! ```
+//!
+//! [`crate::resilient`] builds a reconnecting client on the same pieces: it sends frames
+//! encoded once with [`encode_audio_frame`] (kept for replay and sent without copying),
+//! reads with [`NativeReceiver::next_inbound`] (zero-copy payloads, heartbeats visible for
+//! liveness) and drops dead sockets with [`abort`].
 
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use callworker_protocol::native::{
     self, ClientControl, Hello, ServerControl, Welcome, decode_server_audio, encode_client_audio,
@@ -44,11 +51,34 @@ pub enum ServerEvent {
     },
 }
 
+/// What the server sent, as [`NativeReceiver::next_inbound`] reports it: like
+/// [`ServerEvent`], but audio payloads share the received frame's buffer (no copy),
+/// heartbeats are reported (they prove the connection is alive) and undecodable messages
+/// are reported as such rather than dressed up as a server `error`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inbound {
+    Audio {
+        epoch: u64,
+        seq: u64,
+        /// The payload, a slice of the received frame.
+        payload: Bytes,
+    },
+    Control(ServerControl),
+    /// A WebSocket ping or pong.
+    Heartbeat,
+    /// A message that does not decode as version 1 of the protocol.
+    Invalid(native::NativeError),
+    /// The server closed the socket (code 1006 when it vanished without a close frame).
+    Closed {
+        code: u16,
+        reason: String,
+    },
+}
+
 /// The sending half.
 #[derive(Debug)]
 pub struct NativeSender {
     sink: SplitSink<Ws, Message>,
-    buf: Vec<u8>,
 }
 
 /// The receiving half.
@@ -83,17 +113,34 @@ pub fn first_hello(call_id: &str, resume_token: &str, audio: callworker_protocol
     }
 }
 
-/// Connects, sends `hello` and waits for `welcome`. A refusal comes back as
-/// [`ClientError::Closed`] with the server's close code.
+/// Encodes one client audio frame (header + payload) into a buffer of exactly its size, so
+/// it can be kept for replay and sent any number of times without another copy.
+pub fn encode_audio_frame(seq: u64, payload: &[u8]) -> Bytes {
+    let mut frame = Vec::with_capacity(native::CLIENT_AUDIO_HEADER_BYTES + payload.len());
+    encode_client_audio(seq, payload, &mut frame);
+    Bytes::from(frame)
+}
+
+/// Connects, sends `hello` and waits for `welcome`, within [`HANDSHAKE_TIMEOUT`]. A refusal
+/// comes back as [`ClientError::Closed`] with the server's close code.
 pub async fn connect(
     media_url: &str,
     hello: Hello,
 ) -> Result<(NativeSender, NativeReceiver, Welcome), ClientError> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+    connect_with_timeout(media_url, hello, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`connect`] with another bound on connect + `hello` → `welcome`.
+pub async fn connect_with_timeout(
+    media_url: &str,
+    hello: Hello,
+    timeout: Duration,
+) -> Result<(NativeSender, NativeReceiver, Welcome), ClientError> {
+    tokio::time::timeout(timeout, async {
         let (ws, _) =
             tokio_tungstenite::connect_async_with_config(media_url, Some(ws_config()), true).await?;
         let (sink, stream) = ws.split();
-        let mut tx = NativeSender { sink, buf: Vec::with_capacity(1024) };
+        let mut tx = NativeSender { sink };
         let mut rx = NativeReceiver { stream, closed: false };
         tx.send_control(&ClientControl::Hello(hello)).await?;
         loop {
@@ -116,14 +163,37 @@ pub async fn connect(
 pub async fn connect_raw(url: &str) -> Result<(NativeSender, NativeReceiver), ClientError> {
     let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
     let (sink, stream) = ws.split();
-    Ok((NativeSender { sink, buf: Vec::new() }, NativeReceiver { stream, closed: false }))
+    Ok((NativeSender { sink }, NativeReceiver { stream, closed: false }))
+}
+
+/// Drops a session's socket at once, without a close frame, and with a TCP reset where the
+/// socket allows it (`SO_LINGER` 0), the way a crashed peer or a broken network looks. The
+/// server sees the connection fail (a client would see 1006). Used when a connection is
+/// judged dead, and by tests that simulate a network failure.
+pub fn abort(tx: NativeSender, rx: NativeReceiver) {
+    if let Ok(ws) = rx.stream.reunite(tx.sink)
+        && let MaybeTlsStream::Plain(tcp) = ws.get_ref()
+    {
+        // Best effort: without it the socket still closes, with a FIN instead of a reset.
+        let _ = tcp.set_zero_linger();
+    }
 }
 
 impl NativeSender {
     pub async fn send_audio(&mut self, seq: u64, payload: &[u8]) -> Result<(), ClientError> {
-        self.buf.clear();
-        encode_client_audio(seq, payload, &mut self.buf);
-        self.sink.send(Message::Binary(self.buf.clone().into())).await?;
+        self.send_frame(encode_audio_frame(seq, payload)).await
+    }
+
+    /// Sends an audio frame encoded by [`encode_audio_frame`] (the buffer is shared, not
+    /// copied).
+    pub async fn send_frame(&mut self, frame: Bytes) -> Result<(), ClientError> {
+        self.sink.send(Message::Binary(frame)).await?;
+        Ok(())
+    }
+
+    /// Sends a WebSocket ping (the server answers with a pong; both count as traffic).
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.sink.send(Message::Ping(Bytes::new())).await?;
         Ok(())
     }
 
@@ -161,6 +231,27 @@ impl NativeSender {
 impl NativeReceiver {
     /// The next server event; `None` after [`ServerEvent::Closed`] was returned.
     pub async fn next(&mut self) -> Option<ServerEvent> {
+        loop {
+            return Some(match self.next_inbound().await? {
+                Inbound::Audio { epoch, seq, payload } => {
+                    ServerEvent::Audio { epoch, seq, payload: payload.to_vec() }
+                }
+                Inbound::Control(c) => ServerEvent::Control(c),
+                Inbound::Heartbeat => continue,
+                Inbound::Invalid(e) => ServerEvent::Control(ServerControl::Error {
+                    code: "client_decode".into(),
+                    message: e.to_string(),
+                }),
+                Inbound::Closed { code, reason } => ServerEvent::Closed { code, reason },
+            });
+        }
+    }
+
+    /// The next inbound message; `None` after [`Inbound::Closed`] was returned.
+    ///
+    /// Cancel-safe: the only await is the socket read, and a message read is always
+    /// returned.
+    pub async fn next_inbound(&mut self) -> Option<Inbound> {
         if self.closed {
             return None;
         }
@@ -169,32 +260,27 @@ impl NativeReceiver {
                 Some(Ok(m)) => m,
                 Some(Err(_)) | None => {
                     self.closed = true;
-                    return Some(ServerEvent::Closed { code: 1006, reason: "connection lost".into() });
+                    return Some(Inbound::Closed { code: 1006, reason: "connection lost".into() });
                 }
             };
             return Some(match msg {
                 Message::Binary(b) => match decode_server_audio(&b) {
-                    Ok(a) => ServerEvent::Audio { epoch: a.epoch, seq: a.seq, payload: a.payload.to_vec() },
-                    Err(e) => ServerEvent::Control(ServerControl::Error {
-                        code: "client_decode".into(),
-                        message: e.to_string(),
-                    }),
+                    Ok(a) => Inbound::Audio { epoch: a.epoch, seq: a.seq, payload: b.slice_ref(a.payload) },
+                    Err(e) => Inbound::Invalid(e),
                 },
                 Message::Text(t) => match parse_server_control(&t, MESSAGE_BYTES_MAX) {
-                    Ok(c) => ServerEvent::Control(c),
-                    Err(e) => ServerEvent::Control(ServerControl::Error {
-                        code: "client_decode".into(),
-                        message: e.to_string(),
-                    }),
+                    Ok(c) => Inbound::Control(c),
+                    Err(e) => Inbound::Invalid(e),
                 },
                 Message::Close(frame) => {
                     self.closed = true;
                     match frame {
-                        Some(f) => ServerEvent::Closed { code: f.code.into(), reason: f.reason.to_string() },
-                        None => ServerEvent::Closed { code: 1005, reason: String::new() },
+                        Some(f) => Inbound::Closed { code: f.code.into(), reason: f.reason.to_string() },
+                        None => Inbound::Closed { code: 1005, reason: String::new() },
                     }
                 }
-                _ => continue,
+                Message::Ping(_) | Message::Pong(_) => Inbound::Heartbeat,
+                Message::Frame(_) => continue,
             });
         }
     }
