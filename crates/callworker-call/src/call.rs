@@ -75,6 +75,33 @@ impl Default for CallLimits {
     }
 }
 
+/// Which directions of a call's audio are recorded (stored with its checkpoints).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingSettings {
+    #[serde(default)]
+    /// Caller audio, as applied (in inbound sequence order).
+    pub inbound: bool,
+    /// Audio sent to the caller.
+    #[serde(default)]
+    pub outbound: bool,
+}
+
+impl RecordingSettings {
+    pub fn any(self) -> bool {
+        self.inbound || self.outbound
+    }
+}
+
+/// The Twilio call behind a Media Streams session, kept so the call can be rescued through
+/// Twilio's REST API when its worker hangs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TwilioLeg {
+    pub account_sid: String,
+    pub call_sid: String,
+    pub stream_sid: String,
+}
+
 /// What the control API (or a Twilio webhook) asks for when creating a call.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CallSpec {
@@ -86,6 +113,7 @@ pub struct CallSpec {
     /// Audio format of the call's media (both directions).
     pub audio: AudioFormat,
     pub limits: CallLimits,
+    pub recording: RecordingSettings,
 }
 
 /// A resume: the call moved to a new session.
@@ -139,6 +167,13 @@ pub struct Call {
     /// A `play_tone` action's tone, replacing the program's audio while it plays.
     pub overlay: Option<Overlay>,
     pub timeline: Timeline,
+    /// Which tracks are recorded (format 2).
+    pub recording: RecordingSettings,
+    /// The Twilio call carrying this one, once a Twilio stream attached (format 2).
+    pub twilio: Option<TwilioLeg>,
+    /// Why the last session let go of the call when it moved it on purpose (migration,
+    /// drain); the next attach reports it as the resume cause (format 2).
+    pub detach_cause: Option<ResumeCause>,
 }
 
 /// Something that happened to the call, fed to [`Call::handle`].
@@ -147,9 +182,10 @@ pub enum Input<'a> {
     /// A media session attached and drives the call from now on; `resume` is set when the
     /// call had been attached before.
     Attached { transport: Transport, resume: Option<Resume> },
-    /// The media session went away without ending the call (socket closed, worker
-    /// migrating it). The call waits for a resume.
-    Detached,
+    /// The media session went away without ending the call. The call waits for a resume;
+    /// `cause` is set when the worker moved the call on purpose (migration, drain), and
+    /// becomes the cause of the next resume.
+    Detached { cause: Option<ResumeCause> },
     /// Caller audio in the call's format, with the call's inbound sequence number.
     Audio { seq: u64, payload: &'a [u8] },
     /// A DTMF digit (`0-9`, `*`, `#`, `A-D`).
@@ -205,6 +241,9 @@ impl Call {
             program: ProgramState::new(&spec.program),
             overlay: None,
             timeline,
+            recording: spec.recording,
+            twilio: None,
+            detach_cause: None,
         })
     }
 
@@ -219,7 +258,7 @@ impl Call {
         }
         match input {
             Input::Attached { transport, resume } => self.on_attached(now, transport, resume, out),
-            Input::Detached => self.on_detached(now, out),
+            Input::Detached { cause } => self.on_detached(now, cause, out),
             Input::Audio { seq, payload } => self.on_audio(now, seq, payload, out),
             Input::Dtmf { digit } => self.on_dtmf(now, digit, out),
             Input::Played { upto_seq } => {
@@ -271,14 +310,20 @@ impl Call {
         self.status = CallStatus::Active;
         self.started_at.get_or_insert(now);
         self.attached = true;
+        self.detach_cause = None;
         self.transport = Some(transport);
         let kind = match resume {
             None => EventKind::Attached { transport },
             Some(r) => EventKind::Resumed { transport, cause: r.cause, gap_ms: r.gap_ms },
         };
         self.timeline.push(now, kind);
-        // A fresh clock: frames queued for the previous session are gone with it, so the
-        // pattern continues from where it stood, starting now.
+        // Frames sent but never played died with the previous session: the caller continues
+        // from what they actually heard (the last played position), on a fresh clock.
+        if resume.is_some() {
+            let unplayed =
+                self.media.outbound_next_seq.saturating_sub(1).saturating_sub(self.media.outbound_played_seq);
+            self.program.rewind(unplayed);
+        }
         self.program.attach(now);
         if let Some(overlay) = &mut self.overlay {
             overlay.attach(now);
@@ -286,11 +331,12 @@ impl Call {
         out.push(Output::Checkpoint);
     }
 
-    fn on_detached(&mut self, now: UnixMillis, out: &mut Vec<Output>) {
+    fn on_detached(&mut self, now: UnixMillis, cause: Option<ResumeCause>, out: &mut Vec<Output>) {
         if !self.attached {
             return;
         }
         self.attached = false;
+        self.detach_cause = cause;
         self.timeline.push(now, EventKind::Detached);
         self.program.detach();
         if let Some(overlay) = &mut self.overlay {

@@ -11,13 +11,18 @@
 //! A worker reads every format up to [`FORMAT_VERSION_MAX_READ`] and writes
 //! [`FORMAT_VERSION_WRITE`]; a checkpoint with a newer version is refused with
 //! [`CheckpointError::TooNew`] so that another worker can take the call.
+//!
+//! Formats:
+//! - 1: the first release.
+//! - 2: adds `recording`, `twilio` and `detach_cause` at the end of the call. Format 1 is
+//!   upgraded on read (nothing recorded, no Twilio leg, no pending cause).
 
 use crate::call::Call;
 
 /// The format version this build writes.
-pub const FORMAT_VERSION_WRITE: u16 = 1;
+pub const FORMAT_VERSION_WRITE: u16 = 2;
 /// The newest format version this build can read.
-pub const FORMAT_VERSION_MAX_READ: u16 = 1;
+pub const FORMAT_VERSION_MAX_READ: u16 = 2;
 /// Envelope magic.
 pub const MAGIC: [u8; 4] = *b"CWCK";
 /// Largest checkpoint accepted, in bytes (a call's state is a few KB).
@@ -78,9 +83,8 @@ pub fn decode(bytes: &[u8]) -> Result<Call, CheckpointError> {
         return Err(CheckpointError::ChecksumMismatch);
     }
     match header.format_version {
-        // Format 1 is the current `Call`. When format 2 arrives, keep the format 1 types
-        // (as `v1::Call`) and upgrade them here: `1 => Ok(upgrade_v1(postcard::from_bytes(payload)?))`.
-        1 => decode_payload(payload),
+        1 => decode_payload::<v1::Call>(payload).map(Call::from),
+        2 => decode_payload::<Call>(payload),
         other => Err(CheckpointError::Decode(format!("unknown format version {other}"))),
     }
 }
@@ -90,9 +94,9 @@ pub fn format_version(bytes: &[u8]) -> Result<u16, CheckpointError> {
     Header::read(bytes).map(|h| h.format_version)
 }
 
-fn decode_payload(payload: &[u8]) -> Result<Call, CheckpointError> {
+fn decode_payload<T: serde::de::DeserializeOwned>(payload: &[u8]) -> Result<T, CheckpointError> {
     let (call, rest) =
-        postcard::take_from_bytes::<Call>(payload).map_err(|e| CheckpointError::Decode(e.to_string()))?;
+        postcard::take_from_bytes::<T>(payload).map_err(|e| CheckpointError::Decode(e.to_string()))?;
     if !rest.is_empty() {
         return Err(CheckpointError::Decode(format!("{} trailing bytes after the call", rest.len())));
     }
@@ -120,5 +124,69 @@ impl Header {
         let be32 =
             |at: usize| u32::from_be_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]]);
         Ok(Header { format_version: be16(4), payload_len: be32(6), crc32: be32(10) })
+    }
+}
+
+/// Format 1: the call as the first release stored it. Every nested type is unchanged since,
+/// so only the top-level struct is kept here.
+mod v1 {
+    use callworker_protocol::AudioFormat;
+    use serde::Deserialize;
+
+    use crate::call::{CallLimits, CallStatus, Direction, MediaPositions, RecordingSettings, Transport};
+    use crate::end::EndReason;
+    use crate::ids::{CallId, TenantId};
+    use crate::program::{Overlay, ProgramState};
+    use crate::time::UnixMillis;
+    use crate::timeline::Timeline;
+
+    #[derive(Debug, Deserialize)]
+    pub struct Call {
+        id: CallId,
+        tenant: TenantId,
+        direction: Direction,
+        from: Option<String>,
+        to: Option<String>,
+        audio: AudioFormat,
+        limits: CallLimits,
+        status: CallStatus,
+        created_at: UnixMillis,
+        started_at: Option<UnixMillis>,
+        ended_at: Option<UnixMillis>,
+        end_reason: Option<EndReason>,
+        transport: Option<Transport>,
+        attached: bool,
+        media: MediaPositions,
+        program: ProgramState,
+        overlay: Option<Overlay>,
+        timeline: Timeline,
+    }
+
+    impl From<Call> for crate::call::Call {
+        fn from(c: Call) -> Self {
+            crate::call::Call {
+                id: c.id,
+                tenant: c.tenant,
+                direction: c.direction,
+                from: c.from,
+                to: c.to,
+                audio: c.audio,
+                limits: c.limits,
+                status: c.status,
+                created_at: c.created_at,
+                started_at: c.started_at,
+                ended_at: c.ended_at,
+                end_reason: c.end_reason,
+                transport: c.transport,
+                attached: c.attached,
+                media: c.media,
+                program: c.program,
+                overlay: c.overlay,
+                timeline: c.timeline,
+                recording: RecordingSettings::default(),
+                twilio: None,
+                detach_cause: None,
+            }
+        }
     }
 }

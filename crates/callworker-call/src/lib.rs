@@ -37,7 +37,8 @@ pub mod time;
 pub mod timeline;
 
 pub use call::{
-    Call, CallLimits, CallSpec, CallStatus, Direction, Input, MediaPositions, Output, Resume, Transport,
+    Call, CallLimits, CallSpec, CallStatus, Direction, Input, MediaPositions, Output, RecordingSettings,
+    Resume, Transport, TwilioLeg,
 };
 pub use end::{EndReason, ResumeCause};
 pub use ids::{CallId, Epoch, IdError, TenantId, WorkerId};

@@ -2,7 +2,7 @@
 //! describe it, end it through the store when no local session drives it.
 
 use callworker_call::{Call, CallId, CallSpec, EndReason, Input, checkpoint as envelope};
-use callworker_store::{CallRecord, Checkpoint, NewCall, RecordStatus, StoreError};
+use callworker_store::{CallRecord, Checkpoint, NewCall, RecordStatus, RecordingChunk, StoreError};
 use serde::Serialize;
 use tracing::{info, warn};
 
@@ -49,12 +49,21 @@ pub async fn create(
 }
 
 /// Decodes the call held in a store record.
+///
+/// A call the store ended without a final checkpoint (the reaper, a corrupt checkpoint)
+/// is shown ended with the store's reason, at the store's last update.
 pub fn decode(record: &CallRecord) -> Result<Call, Error> {
     let cp = record.checkpoint.as_ref().ok_or_else(Error::internal)?;
-    envelope::decode(&cp.blob).map_err(|e| {
+    let mut call = envelope::decode(&cp.blob).map_err(|e| {
         warn!(call_id = %record.call_id, error = %e, "stored checkpoint unreadable");
         Error::new(ErrorKind::Internal, "checkpoint_unreadable", "the call's stored state cannot be read")
-    })
+    })?;
+    if let Some(reason) = record.end_reason
+        && call.end_reason.is_none()
+    {
+        call.handle(record.updated_at, Input::End(reason), &mut Vec::new());
+    }
+    Ok(call)
 }
 
 /// Ends a call that no session on this worker drives, by a fenced end at the stored epoch.
@@ -71,7 +80,11 @@ pub async fn end_in_store(state: &AppState, call_id: &CallId, reason: EndReason)
         call.handle(now(), Input::End(reason), &mut outputs);
         let seq = record.checkpoint.as_ref().map_or(0, |c| c.seq) + 1;
         let checkpoint = Checkpoint { seq, blob: envelope::encode(&call).into() };
-        match state.store.end(call_id, record.epoch, reason, Some(checkpoint)).await {
+        match state
+            .store
+            .end(call_id, record.epoch, reason, Some(checkpoint), RecordingChunk::default())
+            .await
+        {
             Ok(_) => {
                 metrics::counter!(m::CALLS_ENDED, "reason" => reason.as_str()).increment(1);
                 info!(call_id = %call_id, reason = %reason, "call ended through the store");

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use callworker_call::{CallLimits, ProgramSpec, TenantId, WorkerId};
+use callworker_call::{CallLimits, ProgramSpec, RecordingSettings, TenantId, WorkerId};
 use callworker_protocol::twilio;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
@@ -37,6 +37,7 @@ pub struct Config {
     pub twilio: TwilioConfig,
     pub security: SecurityConfig,
     pub store: StoreConfig,
+    pub resume: ResumeConfig,
 }
 
 #[derive(Debug, Clone)]
@@ -103,6 +104,8 @@ pub struct CallsConfig {
     /// Tenant for calls created without one (until API keys carry tenants).
     pub default_tenant: TenantId,
     pub limits: CallLimits,
+    /// Which tracks calls record unless their creation says otherwise.
+    pub recording: RecordingSettings,
 }
 
 #[derive(Debug, Clone)]
@@ -120,6 +123,43 @@ pub struct TwilioConfig {
     /// A `mark` is sent after every this many outbound frames to learn what was played.
     pub mark_interval_frames: u32,
     pub parse_limits: twilio::Limits,
+    /// Twilio's REST API base URL (tests point it at a local recorder).
+    pub rest_api_base_url: String,
+    /// Credentials for the REST call-update rescue; rescue is off while either is empty.
+    pub account_sid: String,
+    pub auth_token: String,
+    /// Time allowed for one REST request.
+    pub rest_timeout: Duration,
+}
+
+impl TwilioConfig {
+    /// Whether the reaper may rescue Twilio calls through the REST API.
+    pub fn rescue_enabled(&self) -> bool {
+        !self.account_sid.is_empty() && !self.auth_token.is_empty()
+    }
+}
+
+/// Resume, orphans and the worker registry.
+#[derive(Debug, Clone)]
+pub struct ResumeConfig {
+    /// How long after its lease ran out a call waits for its client to come back before the
+    /// reaper ends it with `resume_window_expired`.
+    pub resume_window: Duration,
+    /// Period of the reaper on each worker.
+    pub reaper_interval: Duration,
+    /// Extra wait, on the reaper's own clock, between seeing an expired lease and acting on
+    /// it (phase two re-checks that nobody renewed meanwhile).
+    pub reaper_grace: Duration,
+    /// Orphans handled per reaper pass; the rest wait for the next pass.
+    pub reaper_batch_max: usize,
+    /// How long a rescue (Twilio REST redirect) holds the call before another may be tried.
+    pub rescue_claim: Duration,
+    /// Period of this worker's registry heartbeat; the entry lapses after three periods.
+    pub heartbeat_interval: Duration,
+    /// Recorded audio a call may hold in memory while its checkpoints cannot be written
+    /// (bytes); beyond it the oldest unwritten audio is dropped and the recording marked
+    /// truncated.
+    pub recording_pending_bytes_max: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -134,7 +174,25 @@ pub struct SecurityConfig {
 pub enum StoreConfig {
     /// In-process store holding at most `capacity` calls (oldest ended evicted first):
     /// a single worker, no failover.
-    Memory { capacity: usize },
+    Memory { capacity: usize, recording_track_bytes_max: usize },
+    /// Redis (shared by the fleet): calls survive worker death.
+    Redis(RedisConfig),
+}
+
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+    pub url: String,
+    /// Prefix of every key, so fleets can share a Redis.
+    pub namespace: String,
+    /// Time allowed for an ordinary write (checkpoint, renew); past it the outcome is
+    /// unknown and the write is retried (idempotent).
+    pub response_timeout: Duration,
+    /// Time allowed for a takeover.
+    pub takeover_timeout: Duration,
+    /// How long an ended call and its recording stay readable.
+    pub ended_retention: Duration,
+    pub recording_track_bytes_max: usize,
 }
 
 /// Why the configuration was refused (one line, printed before exit 64).
@@ -159,6 +217,7 @@ struct RawConfig {
     twilio: RawTwilio,
     security: RawSecurity,
     store: RawStore,
+    resume: RawResume,
 }
 
 #[derive(Debug, Deserialize)]
@@ -201,6 +260,7 @@ struct RawCalls {
     max_duration_ms: u64,
     timeline_events_max: u32,
     delay_frames_max: u32,
+    recording: RecordingSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -215,6 +275,22 @@ struct RawCheckpoint {
 struct RawTwilio {
     mark_interval_frames: u32,
     payload_bytes_max: usize,
+    rest_api_base_url: String,
+    account_sid: String,
+    auth_token: String,
+    rest_timeout_ms: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResume {
+    resume_window_ms: u64,
+    reaper_interval_ms: u64,
+    reaper_grace_ms: u64,
+    reaper_batch_max: usize,
+    rescue_claim_ms: u64,
+    heartbeat_interval_ms: u64,
+    recording_pending_bytes_max: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -229,6 +305,12 @@ struct RawSecurity {
 struct RawStore {
     kind: String,
     memory_capacity: usize,
+    redis_url: String,
+    redis_namespace: String,
+    redis_response_timeout_ms: u64,
+    redis_takeover_timeout_ms: u64,
+    ended_retention_ms: u64,
+    recording_track_bytes_max: usize,
 }
 
 impl Config {
@@ -403,6 +485,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             timeline_events_max: range("calls.timeline_events_max", c.timeline_events_max, 8, 100_000)?,
             delay_frames_max: range("calls.delay_frames_max", c.delay_frames_max, 1, 100_000)?,
         },
+        recording: c.recording,
     };
 
     let checkpoint = CheckpointConfig {
@@ -434,6 +517,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             )?,
             ..twilio::Limits::default()
         },
+        rest_api_base_url: {
+            let url = raw.twilio.rest_api_base_url.trim_end_matches('/').to_owned();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(invalid(format!(
+                    "twilio.rest_api_base_url {url:?} must start with http:// or https://"
+                )));
+            }
+            url
+        },
+        account_sid: raw.twilio.account_sid,
+        auth_token: raw.twilio.auth_token,
+        rest_timeout: ms("twilio.rest_timeout_ms", raw.twilio.rest_timeout_ms, 100, 60_000)?,
     };
 
     if raw.security.token_secret.len() < 32 {
@@ -449,14 +544,70 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?,
     };
 
-    let store = match raw.store.kind.as_str() {
+    let st = raw.store;
+    let recording_track_bytes_max =
+        range("store.recording_track_bytes_max", st.recording_track_bytes_max, 0, 512 << 20)?;
+    let store = match st.kind.as_str() {
         "memory" => StoreConfig::Memory {
-            capacity: range("store.memory_capacity", raw.store.memory_capacity, 1, 10_000_000)?,
+            capacity: range("store.memory_capacity", st.memory_capacity, 1, 10_000_000)?,
+            recording_track_bytes_max,
         },
-        other => return Err(invalid(format!("store.kind {other:?} is not one of: memory"))),
+        "redis" => {
+            if !(st.redis_url.starts_with("redis://")
+                || st.redis_url.starts_with("rediss://")
+                || st.redis_url.starts_with("unix://"))
+            {
+                return Err(invalid("store.redis_url must start with redis://, rediss:// or unix://"));
+            }
+            if st.redis_namespace.is_empty()
+                || !st.redis_namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(invalid("store.redis_namespace must be a non-empty plain name"));
+            }
+            StoreConfig::Redis(RedisConfig {
+                url: st.redis_url,
+                namespace: st.redis_namespace,
+                response_timeout: ms(
+                    "store.redis_response_timeout_ms",
+                    st.redis_response_timeout_ms,
+                    10,
+                    60_000,
+                )?,
+                takeover_timeout: ms(
+                    "store.redis_takeover_timeout_ms",
+                    st.redis_takeover_timeout_ms,
+                    10,
+                    60_000,
+                )?,
+                ended_retention: ms(
+                    "store.ended_retention_ms",
+                    st.ended_retention_ms,
+                    1_000,
+                    30 * 24 * 3_600_000,
+                )?,
+                recording_track_bytes_max,
+            })
+        }
+        other => return Err(invalid(format!("store.kind {other:?} is not one of: memory, redis"))),
     };
 
-    Ok(Config { server, log, limits, calls, checkpoint, twilio, security, store })
+    let r = raw.resume;
+    let resume = ResumeConfig {
+        resume_window: ms("resume.resume_window_ms", r.resume_window_ms, 0, 24 * 3_600_000)?,
+        reaper_interval: ms("resume.reaper_interval_ms", r.reaper_interval_ms, 50, 600_000)?,
+        reaper_grace: ms("resume.reaper_grace_ms", r.reaper_grace_ms, 0, 600_000)?,
+        reaper_batch_max: range("resume.reaper_batch_max", r.reaper_batch_max, 1, 100_000)?,
+        rescue_claim: ms("resume.rescue_claim_ms", r.rescue_claim_ms, 1_000, 600_000)?,
+        heartbeat_interval: ms("resume.heartbeat_interval_ms", r.heartbeat_interval_ms, 100, 600_000)?,
+        recording_pending_bytes_max: range(
+            "resume.recording_pending_bytes_max",
+            r.recording_pending_bytes_max,
+            1024,
+            64 << 20,
+        )?,
+    };
+
+    Ok(Config { server, log, limits, calls, checkpoint, twilio, security, store, resume })
 }
 
 #[cfg(test)]

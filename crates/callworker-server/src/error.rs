@@ -19,6 +19,8 @@ pub enum ErrorKind {
     InvalidRequest,
     /// Missing, forged or expired credentials.
     Unauthorized,
+    /// Authenticated, but not allowed this call.
+    Forbidden,
     NotFound,
     /// The request conflicts with the call's state (not attached, lost takeover).
     Conflict,
@@ -43,6 +45,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest | ErrorKind::UnsupportedVersion => StatusCode::BAD_REQUEST,
             ErrorKind::Unauthorized => StatusCode::UNAUTHORIZED,
+            ErrorKind::Forbidden => StatusCode::FORBIDDEN,
             ErrorKind::NotFound => StatusCode::NOT_FOUND,
             ErrorKind::Conflict | ErrorKind::CallEnded => StatusCode::CONFLICT,
             ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -58,7 +61,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => close::BAD_REQUEST,
             ErrorKind::UnsupportedMediaType => close::UNSUPPORTED_DATA,
-            ErrorKind::Unauthorized => close::UNAUTHORIZED,
+            ErrorKind::Unauthorized | ErrorKind::Forbidden => close::UNAUTHORIZED,
             ErrorKind::NotFound => close::UNKNOWN_CALL,
             ErrorKind::Conflict => close::STALE_SESSION,
             ErrorKind::CallEnded => close::CALL_ENDED,

@@ -8,6 +8,8 @@
 //! - [`session`]: one WebSocket carrying one call: the driver (the call's actor while
 //!   attached), the writer, the per-call checkpoint writer, and the two protocols.
 //! - [`calls`]: call operations shared by routes and sessions (create, view, end).
+//! - [`reaper`]: ends or rescues calls nobody drives any more (two-phase, safe on every
+//!   worker at once); [`registry`]: this worker's heartbeat in the worker registry.
 //! - [`admission`], [`live`], [`token`], [`error`], [`metrics`], [`telemetry`], [`state`].
 //!
 //! Invariants:
@@ -26,10 +28,13 @@ pub mod error;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod reaper;
+pub mod registry;
 pub mod session;
 pub mod state;
 pub mod telemetry;
 pub mod token;
+pub mod wav;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -39,6 +44,7 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use callworker_store::CallStore;
 use callworker_store::memory::MemoryStore;
+use callworker_store::redis_store::{RedisStore, RedisStoreOptions};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,6 +58,34 @@ use crate::token::Tokens;
 
 /// How often the Prometheus recorder's histograms are compacted.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Opens the configured store. Redis must answer: a worker that cannot reach its store
+/// exits (its supervisor restarts it) rather than accept calls it cannot make durable.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CallStore>> {
+    Ok(match &config.store {
+        StoreConfig::Memory { capacity, recording_track_bytes_max } => {
+            Arc::new(MemoryStore::new(*capacity).with_recording_limit(*recording_track_bytes_max))
+        }
+        StoreConfig::Redis(redis) => {
+            let options = RedisStoreOptions {
+                url: redis.url.clone(),
+                namespace: redis.namespace.clone(),
+                response_timeout: redis.response_timeout,
+                takeover_timeout: redis.takeover_timeout,
+                ended_retention: redis.ended_retention,
+                // A live call's keys outlive the longest call and its resume window; its
+                // writes refresh this, so only a call nobody ends and no reaper sees lapses.
+                live_ttl: Duration::from_millis(config.calls.limits.max_duration_ms)
+                    + config.resume.resume_window
+                    + Duration::from_secs(3600),
+                recording_track_bytes_max: redis.recording_track_bytes_max,
+            };
+            let store = RedisStore::connect(options).await.context("connect to Redis (store.redis_url)")?;
+            info!(namespace = %redis.namespace, "call store: Redis");
+            Arc::new(store)
+        }
+    })
+}
 
 /// Binds the configured address and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
@@ -70,9 +104,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
     let worker_id = config.server.worker_id.clone().unwrap_or_else(new_worker_id);
-    let store: Arc<dyn CallStore> = match config.store {
-        StoreConfig::Memory { capacity } => Arc::new(MemoryStore::new(capacity)),
-    };
+    let store = open_store(&config).await?;
     if config.security.token_secret == DEV_TOKEN_SECRET.as_bytes() {
         warn!(
             "security.token_secret is the development value; set CALLWORKER_SECURITY__TOKEN_SECRET in production"
@@ -101,6 +133,9 @@ pub async fn serve(
         }
     });
 
+    let reaper = tokio::spawn(reaper::run(state.clone()));
+    let registry = tokio::spawn(registry::run(state.clone(), format!("http://{addr}")));
+
     let stop = state.shutdown.clone();
     let app = http::router(state.clone());
     // Media is many small messages in real time: without TCP_NODELAY, Nagle's algorithm holds
@@ -118,6 +153,8 @@ pub async fn serve(
     tokio::select! {
         result = &mut server => {
             upkeep.abort();
+            reaper.abort();
+            registry.abort();
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("server stopped unexpectedly")),
                 Ok(Err(e)) => Err(e).context("serve HTTP"),
@@ -137,6 +174,9 @@ pub async fn serve(
     })
     .await;
     upkeep.abort();
+    reaper.abort();
+    // Leave the registry cleanly (bounded: the store may be the reason we are stopping).
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), registry).await;
     if drained.is_err() {
         warn!("shutdown grace elapsed with sessions still open");
     }

@@ -41,9 +41,30 @@ pub const HTTP_REQUESTS: &str = "callworker_http_requests_total";
 /// HTTP request latency, by `route`.
 pub const HTTP_REQUEST_SECONDS: &str = "callworker_http_request_seconds";
 
+/// Calls resumed on this worker, by `cause` (worker_lost, migrated_memory, migrated_drain)
+/// and `transport`.
+pub const CALLS_RESUMED: &str = "callworker_calls_resumed_total";
+/// Resume gap: from the previous owner's last durable write to this attach.
+pub const RESUME_GAP_SECONDS: &str = "callworker_resume_gap_seconds";
+/// Takeovers refused, by `reason` (stale, ended, not_found, version_incompatible,
+/// checkpoint_corrupt, store_unavailable, invalid_token, audio_format_mismatch).
+pub const TAKEOVERS_REFUSED: &str = "callworker_takeovers_refused_total";
+/// Writes refused because another session owns the call (this session then stops).
+pub const FENCED_WRITES: &str = "callworker_fenced_writes_total";
+/// Store operations that failed for the store's sake (unreachable, timeout), by `op`.
+pub const STORE_ERRORS: &str = "callworker_store_errors_total";
+/// Recorded audio dropped because checkpoints could not be written for too long.
+pub const RECORDING_DROPPED_BYTES: &str = "callworker_recording_dropped_bytes_total";
+/// Orphans handled by the reaper, by `action` (ended, rescued, rescue_failed, remote_hangup).
+pub const REAPER_ACTIONS: &str = "callworker_reaper_actions_total";
+/// Twilio REST call updates, by `outcome`.
+pub const TWILIO_REST_REQUESTS: &str = "callworker_twilio_rest_requests_total";
+/// Live workers in the registry, as this worker last saw it.
+pub const WORKERS_LIVE: &str = "callworker_workers_live";
+
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-    0.25, 0.5, 1.0, 2.5,
+    0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 const SIZE_BUCKETS_BYTES: &[f64] =
     &[256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 65536.0, 262_144.0];
@@ -88,4 +109,21 @@ fn describe() {
     describe_counter!(ADMISSION_REFUSED, "Sessions or calls refused by admission, by reason");
     describe_counter!(HTTP_REQUESTS, "HTTP requests, by route, method and status");
     describe_histogram!(HTTP_REQUEST_SECONDS, Unit::Seconds, "HTTP request latency, by route");
+    describe_counter!(CALLS_RESUMED, "Calls resumed on this worker, by cause and transport");
+    describe_histogram!(
+        RESUME_GAP_SECONDS,
+        Unit::Seconds,
+        "Resume gap: previous owner's last durable write to this attach"
+    );
+    describe_counter!(TAKEOVERS_REFUSED, "Takeovers refused, by reason");
+    describe_counter!(FENCED_WRITES, "Writes refused because another session owns the call");
+    describe_counter!(STORE_ERRORS, "Store operations failed (unreachable, timeout), by op");
+    describe_counter!(
+        RECORDING_DROPPED_BYTES,
+        Unit::Bytes,
+        "Recorded audio dropped while checkpoints could not be written"
+    );
+    describe_counter!(REAPER_ACTIONS, "Orphaned calls handled by the reaper, by action");
+    describe_counter!(TWILIO_REST_REQUESTS, "Twilio REST call updates, by outcome");
+    describe_gauge!(WORKERS_LIVE, "Live workers in the registry");
 }

@@ -2,33 +2,52 @@
 //!
 //! Each scenario is a `pub async fn` taking a store and panicking (through `assert!`) when
 //! the store breaks one of the invariants in the crate docs; [`run_all`] runs every scenario
-//! on a fresh store from `make`. Implementations run it from their tests:
+//! on a fresh store from the async factory `make`. Stores from `make` must bound each
+//! recorded track to [`RECORDING_TRACK_BYTES_MAX`] bytes. Implementations run it from their
+//! tests:
 //!
 //! ```
 //! # use callworker_store::{contract, memory::MemoryStore};
 //! # async fn meets_the_contract() {
 //! // In a `#[tokio::test]`:
-//! contract::run_all(|| MemoryStore::new(1_000)).await;
+//! contract::run_all(|| async {
+//!     MemoryStore::new(1_000).with_recording_limit(contract::RECORDING_TRACK_BYTES_MAX)
+//! })
+//! .await;
 //! # }
 //! ```
 //!
-//! Scenarios use call ids and tenants unique to the process run, so a store shared between
-//! scenarios (one Redis server) does not make them interfere. Lease assertions compare
-//! leases with each other, never with a clock, so they hold on any store clock.
+//! Scenarios use call ids, tenants and worker ids unique to the process run, and only look
+//! at their own calls and workers, so a store shared between scenarios (one Redis server)
+//! does not make them interfere. Most lease assertions compare leases with each other, never
+//! with a clock, so they hold on any store clock. The reaper scenarios need leases to run
+//! out: they use a real clock with short leases ([`LEASE_TINY`]) and sleep a little past
+//! them, so the whole suite takes a few seconds.
 //!
 //! This module is test support: it lives in the library so other crates' tests can reuse
 //! it, but nothing in the service calls it.
 
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use callworker_call::{CallId, EndReason, Epoch, TenantId, WorkerId};
+use callworker_call::{CallId, EndReason, Epoch, TenantId, UnixMillis, WorkerId};
 
 use crate::{
-    AttemptId, CallRecord, CallStore, Checkpoint, CheckpointAck, LIST_LIMIT_MAX, ListQuery, NewCall,
-    RecordStatus, StoreError,
+    AttemptId, CallRecord, CallStore, Checkpoint, CheckpointAck, ExpireAction, LIST_LIMIT_MAX,
+    LeaseObservation, ListQuery, NewCall, RecordStatus, Recording, RecordingChunk, StoreError, WorkerInfo,
 };
+
+/// The per-track recording bound the stores given to [`run_all`] must have.
+pub const RECORDING_TRACK_BYTES_MAX: usize = 64;
+/// A lease short enough for a test to wait it out.
+pub const LEASE_TINY: Duration = Duration::from_millis(200);
+/// How long the reaper scenarios sleep to see a [`LEASE_TINY`] lease run out (with room for
+/// a store clock that is not the test's own, e.g. Redis `TIME`).
+const PAST_TINY_LEASE: Duration = Duration::from_millis(300);
+/// Big enough for every expired lease a scenario can see in a fresh store.
+const REAP_LIMIT: usize = 1_000;
 
 /// A short lease, and a long one whose renewal must visibly move `lease_until`.
 const LEASE_SHORT: Duration = Duration::from_secs(1);
@@ -37,20 +56,35 @@ const LEASE_LONG: Duration = Duration::from_secs(600);
 /// (the full difference minus generous slack for time passing between the two calls).
 const LEASE_MOVE_MIN_MS: u64 = 500_000;
 
-/// Runs every scenario, each on a fresh store from `make`.
-pub async fn run_all<S: CallStore>(make: impl Fn() -> S) {
-    create_then_get(&make()).await;
-    duplicate_create_is_refused(&make()).await;
-    unknown_call_is_not_found(&make()).await;
-    attach_is_a_compare_and_set_that_bumps_the_epoch(&make()).await;
-    stale_attach_changes_nothing(&make()).await;
-    attach_retry_with_the_same_attempt_is_idempotent(&make()).await;
-    old_owner_is_fenced_after_takeover(&make()).await;
-    duplicate_checkpoint_is_acknowledged_and_renews(&make()).await;
-    end_bumps_the_epoch_and_blocks_later_writes(&make()).await;
-    end_twice_keeps_the_first_reason(&make()).await;
-    end_keeps_the_newest_checkpoint(&make()).await;
-    list_filters_and_pages_cover_every_record_once(&make()).await;
+/// Runs every scenario, each on a fresh store from `make` (whose tracks are bounded to
+/// [`RECORDING_TRACK_BYTES_MAX`]).
+pub async fn run_all<S, F, Fut>(make: F)
+where
+    S: CallStore,
+    F: Fn() -> Fut,
+    Fut: Future<Output = S>,
+{
+    create_then_get(&make().await).await;
+    duplicate_create_is_refused(&make().await).await;
+    unknown_call_is_not_found(&make().await).await;
+    attach_is_a_compare_and_set_that_bumps_the_epoch(&make().await).await;
+    stale_attach_changes_nothing(&make().await).await;
+    attach_retry_with_the_same_attempt_is_idempotent(&make().await).await;
+    old_owner_is_fenced_after_takeover(&make().await).await;
+    duplicate_checkpoint_is_acknowledged_and_renews(&make().await).await;
+    end_bumps_the_epoch_and_blocks_later_writes(&make().await).await;
+    end_twice_keeps_the_first_reason(&make().await).await;
+    end_keeps_the_newest_checkpoint(&make().await).await;
+    list_filters_and_pages_cover_every_record_once(&make().await).await;
+    recording_appends_exactly_once_with_fenced_writes(&make().await).await;
+    recording_is_bounded_per_track(&make().await).await;
+    live_leases_are_not_expired(&make().await).await;
+    expired_lease_end_bumps_the_epoch_and_leaves_the_index(&make().await).await;
+    renew_or_takeover_between_phases_is_stale(&make().await).await;
+    extend_keeps_the_epoch_and_moves_the_lease(&make().await).await;
+    created_calls_expire_from_creation(&make().await).await;
+    expired_leases_come_oldest_first_within_the_limit(&make().await).await;
+    heartbeats_list_workers_until_they_lapse(&make().await).await;
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -143,9 +177,15 @@ pub async fn unknown_call_is_not_found<S: CallStore>(store: &S) {
     assert_eq!(store.get(&id).await, Err(StoreError::NotFound));
     let attach = store.attach(&id, &attempt("a"), &worker("w1"), Epoch::ZERO, LEASE_SHORT).await;
     assert_eq!(attach.map(|a| a.epoch), Err(StoreError::NotFound));
-    assert_eq!(store.checkpoint(&id, e, checkpoint(1), LEASE_SHORT).await, Err(StoreError::NotFound));
+    assert_eq!(
+        store.checkpoint(&id, e, checkpoint(1), RecordingChunk::default(), LEASE_SHORT).await,
+        Err(StoreError::NotFound)
+    );
     assert_eq!(store.renew(&id, e, LEASE_SHORT).await, Err(StoreError::NotFound));
-    assert_eq!(store.end(&id, e, EndReason::ApiEnded, None).await, Err(StoreError::NotFound));
+    assert_eq!(
+        store.end(&id, e, EndReason::ApiEnded, None, RecordingChunk::default()).await,
+        Err(StoreError::NotFound)
+    );
 }
 
 pub async fn attach_is_a_compare_and_set_that_bumps_the_epoch<S: CallStore>(store: &S) {
@@ -207,30 +247,48 @@ pub async fn attach_retry_with_the_same_attempt_is_idempotent<S: CallStore>(stor
 
 pub async fn old_owner_is_fenced_after_takeover<S: CallStore>(store: &S) {
     let (id, old) = create_attached(store, "fence", "w1").await;
-    assert_eq!(store.checkpoint(&id, old, checkpoint(1), LEASE_SHORT).await, Ok(CheckpointAck::Applied));
+    assert_eq!(
+        store.checkpoint(&id, old, checkpoint(1), RecordingChunk::default(), LEASE_SHORT).await,
+        Ok(CheckpointAck::Applied)
+    );
     let new =
         store.attach(&id, &attempt("b"), &worker("w2"), old, LEASE_SHORT).await.expect("takeover").epoch;
     let before = get(store, &id).await;
     let fenced = Some(StoreError::Fenced { current: new });
-    assert_eq!(store.checkpoint(&id, old, checkpoint(2), LEASE_LONG).await.err(), fenced);
+    assert_eq!(
+        store.checkpoint(&id, old, checkpoint(2), RecordingChunk::default(), LEASE_LONG).await.err(),
+        fenced
+    );
     assert_eq!(store.renew(&id, old, LEASE_LONG).await.err(), fenced);
-    assert_eq!(store.end(&id, old, EndReason::ShedMemory, Some(checkpoint(3))).await.err(), fenced);
+    assert_eq!(
+        store
+            .end(&id, old, EndReason::ShedMemory, Some(checkpoint(3)), RecordingChunk::default())
+            .await
+            .err(),
+        fenced
+    );
     let after = get(store, &id).await;
     assert_eq!(after.checkpoint, Some(checkpoint(1)), "fenced writes change nothing");
     assert_eq!((after.epoch, after.status, after.end_reason), (new, RecordStatus::Active, None));
     assert_eq!(after.lease_until, before.lease_until, "a fenced renew does not extend the lease");
-    assert_eq!(store.checkpoint(&id, new, checkpoint(2), LEASE_SHORT).await, Ok(CheckpointAck::Applied));
+    assert_eq!(
+        store.checkpoint(&id, new, checkpoint(2), RecordingChunk::default(), LEASE_SHORT).await,
+        Ok(CheckpointAck::Applied)
+    );
 }
 
 pub async fn duplicate_checkpoint_is_acknowledged_and_renews<S: CallStore>(store: &S) {
     let (id, epoch) = create_attached(store, "dupck", "w1").await;
-    assert_eq!(store.checkpoint(&id, epoch, checkpoint(5), LEASE_SHORT).await, Ok(CheckpointAck::Applied));
+    assert_eq!(
+        store.checkpoint(&id, epoch, checkpoint(5), RecordingChunk::default(), LEASE_SHORT).await,
+        Ok(CheckpointAck::Applied)
+    );
     let short = lease_ms(&get(store, &id).await);
     for seq in [5, 3, 0] {
         let mut stale = checkpoint(seq);
         stale.blob = Bytes::from_static(b"must not be stored");
         assert_eq!(
-            store.checkpoint(&id, epoch, stale, LEASE_LONG).await,
+            store.checkpoint(&id, epoch, stale, RecordingChunk::default(), LEASE_LONG).await,
             Ok(CheckpointAck::Duplicate { stored_seq: 5 }),
             "seq {seq}"
         );
@@ -238,7 +296,10 @@ pub async fn duplicate_checkpoint_is_acknowledged_and_renews<S: CallStore>(store
     let r = get(store, &id).await;
     assert_eq!(r.checkpoint, Some(checkpoint(5)));
     assert!(lease_ms(&r) >= short + LEASE_MOVE_MIN_MS, "a duplicate still renews the lease");
-    assert_eq!(store.checkpoint(&id, epoch, checkpoint(6), LEASE_SHORT).await, Ok(CheckpointAck::Applied));
+    assert_eq!(
+        store.checkpoint(&id, epoch, checkpoint(6), RecordingChunk::default(), LEASE_SHORT).await,
+        Ok(CheckpointAck::Applied)
+    );
     assert_eq!(get(store, &id).await.checkpoint, Some(checkpoint(6)));
 
     // Renew alone moves the lease too.
@@ -249,20 +310,25 @@ pub async fn duplicate_checkpoint_is_acknowledged_and_renews<S: CallStore>(store
 
 pub async fn end_bumps_the_epoch_and_blocks_later_writes<S: CallStore>(store: &S) {
     let (id, epoch) = create_attached(store, "end", "w1").await;
-    let ended =
-        store.end(&id, epoch, EndReason::Completed, Some(checkpoint(9))).await.expect("end by the owner");
+    let ended = store
+        .end(&id, epoch, EndReason::Completed, Some(checkpoint(9)), RecordingChunk::default())
+        .await
+        .expect("end by the owner");
     assert_eq!(ended, epoch.next(), "end bumps the epoch by exactly one");
     let r = get(store, &id).await;
     assert_eq!((r.status, r.end_reason, r.epoch), (RecordStatus::Ended, Some(EndReason::Completed), ended));
     assert_eq!(r.checkpoint, Some(checkpoint(9)), "the final checkpoint is stored");
 
     let is_ended = Some(StoreError::Ended { reason: EndReason::Completed });
-    assert_eq!(store.checkpoint(&id, ended, checkpoint(10), LEASE_SHORT).await.err(), is_ended);
+    assert_eq!(
+        store.checkpoint(&id, ended, checkpoint(10), RecordingChunk::default(), LEASE_SHORT).await.err(),
+        is_ended
+    );
     assert_eq!(store.renew(&id, ended, LEASE_SHORT).await.err(), is_ended);
     let attach = store.attach(&id, &attempt("b"), &worker("w2"), ended, LEASE_SHORT).await;
     assert_eq!(attach.err(), is_ended);
     // The old epoch is refused too (as ended or as fenced; either stops the writer).
-    let old = store.checkpoint(&id, epoch, checkpoint(11), LEASE_SHORT).await;
+    let old = store.checkpoint(&id, epoch, checkpoint(11), RecordingChunk::default(), LEASE_SHORT).await;
     assert!(matches!(old, Err(StoreError::Ended { .. } | StoreError::Fenced { .. })), "{old:?}");
     let after = get(store, &id).await;
     assert_eq!(
@@ -273,15 +339,19 @@ pub async fn end_bumps_the_epoch_and_blocks_later_writes<S: CallStore>(store: &S
 
     // A call that never attached (epoch 0) can be ended too.
     let id = create(store, "end0", &tenant()).await;
-    assert_eq!(store.end(&id, Epoch::ZERO, EndReason::ApiEnded, None).await, Ok(Epoch(1)));
+    assert_eq!(
+        store.end(&id, Epoch::ZERO, EndReason::ApiEnded, None, RecordingChunk::default()).await,
+        Ok(Epoch(1))
+    );
     assert_eq!(get(store, &id).await.checkpoint, Some(checkpoint(0)));
 }
 
 pub async fn end_twice_keeps_the_first_reason<S: CallStore>(store: &S) {
     let (id, epoch) = create_attached(store, "end2", "w1").await;
-    let ended = store.end(&id, epoch, EndReason::ClientHangup, None).await.expect("end");
+    let ended =
+        store.end(&id, epoch, EndReason::ClientHangup, None, RecordingChunk::default()).await.expect("end");
     for (e, reason) in [(ended, EndReason::ApiEnded), (epoch, EndReason::ShedMemory)] {
-        let again = store.end(&id, e, reason, Some(checkpoint(4))).await;
+        let again = store.end(&id, e, reason, Some(checkpoint(4)), RecordingChunk::default()).await;
         assert!(
             matches!(again, Err(StoreError::Ended { reason: EndReason::ClientHangup })),
             "end at epoch {e}: {again:?}"
@@ -294,8 +364,14 @@ pub async fn end_twice_keeps_the_first_reason<S: CallStore>(store: &S) {
 
 pub async fn end_keeps_the_newest_checkpoint<S: CallStore>(store: &S) {
     let (id, epoch) = create_attached(store, "endck", "w1").await;
-    assert_eq!(store.checkpoint(&id, epoch, checkpoint(10), LEASE_SHORT).await, Ok(CheckpointAck::Applied));
-    store.end(&id, epoch, EndReason::Completed, Some(checkpoint(7))).await.expect("end");
+    assert_eq!(
+        store.checkpoint(&id, epoch, checkpoint(10), RecordingChunk::default(), LEASE_SHORT).await,
+        Ok(CheckpointAck::Applied)
+    );
+    store
+        .end(&id, epoch, EndReason::Completed, Some(checkpoint(7)), RecordingChunk::default())
+        .await
+        .expect("end");
     assert_eq!(
         get(store, &id).await.checkpoint,
         Some(checkpoint(10)),
@@ -316,7 +392,10 @@ pub async fn list_filters_and_pages_cover_every_record_once<S: CallStore>(store:
         }
     }
     store.attach(&all_a[1], &attempt("l"), &worker("w1"), Epoch::ZERO, LEASE_SHORT).await.expect("attach");
-    store.end(&all_a[3], Epoch::ZERO, EndReason::ApiEnded, None).await.expect("end");
+    store
+        .end(&all_a[3], Epoch::ZERO, EndReason::ApiEnded, None, RecordingChunk::default())
+        .await
+        .expect("end");
 
     let query = |tenant: &TenantId, status, limit| ListQuery {
         tenant: Some(tenant.clone()),
@@ -373,4 +452,291 @@ async fn list_all<S: CallStore>(store: &S, mut query: ListQuery) -> Vec<CallId> 
         }
     }
     panic!("list pagination does not terminate");
+}
+
+fn chunk(inbound: &[u8], outbound: &[u8]) -> RecordingChunk {
+    RecordingChunk { inbound: Bytes::copy_from_slice(inbound), outbound: Bytes::copy_from_slice(outbound) }
+}
+
+async fn recording<S: CallStore>(store: &S, id: &CallId) -> Recording {
+    store.recording(id).await.unwrap_or_else(|e| panic!("recording {id}: {e}"))
+}
+
+fn tracks(r: &Recording) -> (&[u8], &[u8], bool) {
+    (&r.inbound[..], &r.outbound[..], r.truncated)
+}
+
+pub async fn recording_appends_exactly_once_with_fenced_writes<S: CallStore>(store: &S) {
+    assert_eq!(store.recording(&call_id("norec")).await, Err(StoreError::NotFound));
+    let (id, old) = create_attached(store, "rec", "w1").await;
+    assert_eq!(tracks(&recording(store, &id).await), (&b""[..], &b""[..], false), "nothing recorded yet");
+
+    let ack = store.checkpoint(&id, old, checkpoint(1), chunk(b"ab", b"x"), LEASE_SHORT).await;
+    assert_eq!(ack, Ok(CheckpointAck::Applied));
+    assert_eq!(tracks(&recording(store, &id).await), (&b"ab"[..], &b"x"[..], false));
+
+    let retry = store.checkpoint(&id, old, checkpoint(1), chunk(b"ab", b"x"), LEASE_SHORT).await;
+    assert_eq!(retry, Ok(CheckpointAck::Duplicate { stored_seq: 1 }));
+    assert_eq!(
+        tracks(&recording(store, &id).await),
+        (&b"ab"[..], &b"x"[..], false),
+        "a duplicate appends nothing"
+    );
+
+    let new =
+        store.attach(&id, &attempt("b"), &worker("w2"), old, LEASE_SHORT).await.expect("takeover").epoch;
+    let fenced = store.checkpoint(&id, old, checkpoint(2), chunk(b"old", b"old"), LEASE_SHORT).await;
+    assert_eq!(fenced, Err(StoreError::Fenced { current: new }));
+    let fenced_end = store.end(&id, old, EndReason::ShedMemory, None, chunk(b"old", b"old")).await;
+    assert_eq!(fenced_end, Err(StoreError::Fenced { current: new }));
+    assert_eq!(
+        tracks(&recording(store, &id).await),
+        (&b"ab"[..], &b"x"[..], false),
+        "fenced writes append nothing"
+    );
+
+    let ack = store.checkpoint(&id, new, checkpoint(2), chunk(b"cd", b""), LEASE_SHORT).await;
+    assert_eq!(ack, Ok(CheckpointAck::Applied));
+    let ended = store.end(&id, new, EndReason::Completed, Some(checkpoint(3)), chunk(b"", b"yz")).await;
+    assert_eq!(ended, Ok(new.next()));
+    assert_eq!(
+        tracks(&recording(store, &id).await),
+        (&b"abcd"[..], &b"xyz"[..], false),
+        "the end appends its chunk"
+    );
+
+    let again = store.end(&id, new.next(), EndReason::ApiEnded, None, chunk(b"late", b"late")).await;
+    assert_eq!(again, Err(StoreError::Ended { reason: EndReason::Completed }));
+    assert_eq!(
+        tracks(&recording(store, &id).await),
+        (&b"abcd"[..], &b"xyz"[..], false),
+        "nothing after the end"
+    );
+}
+
+pub async fn recording_is_bounded_per_track<S: CallStore>(store: &S) {
+    let max = RECORDING_TRACK_BYTES_MAX;
+    let (id, epoch) = create_attached(store, "recmax", "w1").await;
+    let first = vec![b'a'; max - 4];
+    let ack = store.checkpoint(&id, epoch, checkpoint(1), chunk(&first, b"o"), LEASE_SHORT).await;
+    assert_eq!(ack, Ok(CheckpointAck::Applied));
+    assert!(!recording(store, &id).await.truncated, "under the bound nothing is left out");
+
+    // The inbound track overflows: what fits is kept, the rest left out and flagged.
+    let ack = store.checkpoint(&id, epoch, checkpoint(2), chunk(b"bbbbbbbb", b"p"), LEASE_SHORT).await;
+    assert_eq!(ack, Ok(CheckpointAck::Applied));
+    let r = recording(store, &id).await;
+    let mut expected_in = first.clone();
+    expected_in.extend_from_slice(b"bbbb");
+    assert_eq!(tracks(&r), (&expected_in[..], &b"op"[..], true));
+
+    // The full track takes nothing more; the other keeps growing up to its own bound.
+    let out = vec![b'q'; max];
+    let ack = store.checkpoint(&id, epoch, checkpoint(3), chunk(b"c", &out), LEASE_SHORT).await;
+    assert_eq!(ack, Ok(CheckpointAck::Applied));
+    store.end(&id, epoch, EndReason::Completed, None, chunk(b"d", b"r")).await.expect("end");
+    let r = recording(store, &id).await;
+    let mut expected_out = b"op".to_vec();
+    expected_out.extend_from_slice(&out[..max - 2]);
+    assert_eq!(tracks(&r), (&expected_in[..], &expected_out[..], true));
+}
+
+/// Attaches `owner` to a new call with a lease of `lease`; returns the id and epoch 1.
+async fn create_leased<S: CallStore>(
+    store: &S,
+    scenario: &str,
+    owner: &str,
+    lease: Duration,
+) -> (CallId, Epoch) {
+    let id = create(store, scenario, &tenant()).await;
+    let attached = store
+        .attach(&id, &attempt(owner), &worker(owner), Epoch::ZERO, lease)
+        .await
+        .unwrap_or_else(|e| panic!("{scenario}: attach failed: {e}"));
+    (id, attached.epoch)
+}
+
+/// The observations of `id` among the store's expired leases.
+async fn observed<S: CallStore>(store: &S, overdue: Duration, id: &CallId) -> Vec<LeaseObservation> {
+    let all = store.expired_leases(overdue, REAP_LIMIT).await.expect("expired_leases");
+    all.into_iter().filter(|o| &o.call_id == id).collect()
+}
+
+/// The one observation of `id` once its lease ran out.
+async fn observe_one<S: CallStore>(store: &S, id: &CallId) -> LeaseObservation {
+    let mut seen = observed(store, Duration::ZERO, id).await;
+    assert_eq!(seen.len(), 1, "{id} is listed once its lease ran out: {seen:?}");
+    seen.remove(0)
+}
+
+pub async fn live_leases_are_not_expired<S: CallStore>(store: &S) {
+    let (id, _) = create_leased(store, "live", "w1", LEASE_LONG).await;
+    assert!(observed(store, Duration::ZERO, &id).await.is_empty(), "a live lease is not expired");
+    let created = create(store, "live0", &tenant()).await;
+    assert!(observed(store, Duration::from_secs(60), &created).await.is_empty(), "a new call is not overdue");
+    assert_eq!(store.expired_leases(Duration::ZERO, 0).await, Ok(Vec::new()), "limit 0 lists nothing");
+}
+
+pub async fn expired_lease_end_bumps_the_epoch_and_leaves_the_index<S: CallStore>(store: &S) {
+    let (id, epoch) = create_leased(store, "reap", "w1", LEASE_TINY).await;
+    let lease_until = get(store, &id).await.lease_until.expect("attached calls have a lease");
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    let seen = observe_one(store, &id).await;
+    assert_eq!((seen.epoch, seen.status, seen.lease_until), (epoch, RecordStatus::Active, lease_until));
+    assert!(seen.observed_at >= seen.lease_until, "observed after the lease ran out: {seen:?}");
+
+    let ended = store.expire(&seen, ExpireAction::End(EndReason::ResumeWindowExpired)).await;
+    assert_eq!(ended, Ok(epoch.next()), "ending an orphan bumps the epoch");
+    let r = get(store, &id).await;
+    assert_eq!(
+        (r.status, r.end_reason, r.epoch, r.lease_until),
+        (RecordStatus::Ended, Some(EndReason::ResumeWindowExpired), epoch.next(), None)
+    );
+    assert!(observed(store, Duration::ZERO, &id).await.is_empty(), "an ended call leaves the lease index");
+    let again = store.expire(&seen, ExpireAction::End(EndReason::ResumeWindowExpired)).await;
+    assert_eq!(again, Err(StoreError::Ended { reason: EndReason::ResumeWindowExpired }));
+    let late = store.checkpoint(&id, epoch, checkpoint(1), chunk(b"zombie", b""), LEASE_SHORT).await;
+    assert_eq!(late, Err(StoreError::Ended { reason: EndReason::ResumeWindowExpired }));
+    assert_eq!(recording(store, &id).await.inbound.len(), 0, "the fenced-out owner recorded nothing");
+
+    // A call ended by its owner leaves the index too.
+    let (id, epoch) = create_leased(store, "reap2", "w1", LEASE_TINY).await;
+    store.end(&id, epoch, EndReason::Completed, None, RecordingChunk::default()).await.expect("end");
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    assert!(observed(store, Duration::ZERO, &id).await.is_empty(), "an ended call is never expired");
+
+    let missing = LeaseObservation { call_id: call_id("gone"), ..seen };
+    assert_eq!(
+        store.expire(&missing, ExpireAction::End(EndReason::ResumeWindowExpired)).await,
+        Err(StoreError::NotFound)
+    );
+}
+
+pub async fn renew_or_takeover_between_phases_is_stale<S: CallStore>(store: &S) {
+    let (renewed, renewed_epoch) = create_leased(store, "phase-renew", "w1", LEASE_TINY).await;
+    let (taken, taken_epoch) = create_leased(store, "phase-take", "w1", LEASE_TINY).await;
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    let seen_renewed = observe_one(store, &renewed).await;
+    let seen_taken = observe_one(store, &taken).await;
+
+    store.renew(&renewed, renewed_epoch, LEASE_TINY).await.expect("the owner came back");
+    let stale = store.expire(&seen_renewed, ExpireAction::End(EndReason::ResumeWindowExpired)).await;
+    assert_eq!(stale, Err(StoreError::Stale { current: renewed_epoch }), "a renewal between the phases wins");
+    let r = get(store, &renewed).await;
+    assert_eq!((r.status, r.epoch), (RecordStatus::Active, renewed_epoch), "a stale reap changes nothing");
+
+    let new = store
+        .attach(&taken, &attempt("b"), &worker("w2"), taken_epoch, LEASE_LONG)
+        .await
+        .expect("takeover")
+        .epoch;
+    let stale = store.expire(&seen_taken, ExpireAction::Extend(LEASE_LONG)).await;
+    assert_eq!(stale, Err(StoreError::Stale { current: new }), "a takeover between the phases wins");
+    let r = get(store, &taken).await;
+    assert_eq!((r.status, r.epoch, r.owner), (RecordStatus::Active, new, Some(worker("w2"))));
+}
+
+pub async fn extend_keeps_the_epoch_and_moves_the_lease<S: CallStore>(store: &S) {
+    let (id, epoch) = create_leased(store, "extend", "w1", LEASE_TINY).await;
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    let seen = observe_one(store, &id).await;
+    let extended = store.expire(&seen, ExpireAction::Extend(LEASE_LONG)).await;
+    assert_eq!(extended, Ok(epoch), "an extension keeps the epoch");
+    let r = get(store, &id).await;
+    assert_eq!((r.status, r.epoch, r.owner.clone()), (RecordStatus::Active, epoch, Some(worker("w1"))));
+    assert!(
+        lease_ms(&r) >= seen.lease_until.0 + LEASE_MOVE_MIN_MS,
+        "the lease moved by the extension: {:?} after {:?}",
+        r.lease_until,
+        seen.lease_until
+    );
+    assert!(observed(store, Duration::ZERO, &id).await.is_empty(), "an extended lease is not expired");
+    let again = store.expire(&seen, ExpireAction::End(EndReason::ResumeWindowExpired)).await;
+    assert_eq!(again, Err(StoreError::Stale { current: epoch }), "the old observation is stale now");
+    let ack = store.checkpoint(&id, epoch, checkpoint(1), RecordingChunk::default(), LEASE_SHORT).await;
+    assert_eq!(ack, Ok(CheckpointAck::Applied), "the owner keeps its epoch");
+}
+
+pub async fn created_calls_expire_from_creation<S: CallStore>(store: &S) {
+    let id = create(store, "orphan0", &tenant()).await;
+    let created_at = get(store, &id).await.created_at;
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    assert!(observed(store, Duration::from_secs(60), &id).await.is_empty(), "not overdue yet");
+    let seen = observed(store, Duration::from_millis(100), &id).await;
+    assert_eq!(seen.len(), 1, "a call never attached expires from its creation: {seen:?}");
+    assert_eq!(
+        (seen[0].epoch, seen[0].status, seen[0].lease_until),
+        (Epoch::ZERO, RecordStatus::Created, created_at)
+    );
+    let ended = store.expire(&seen[0], ExpireAction::End(EndReason::ResumeWindowExpired)).await;
+    assert_eq!(ended, Ok(Epoch(1)));
+    assert_eq!(get(store, &id).await.status, RecordStatus::Ended);
+    assert!(observed(store, Duration::ZERO, &id).await.is_empty());
+}
+
+pub async fn expired_leases_come_oldest_first_within_the_limit<S: CallStore>(store: &S) {
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(create_leased(store, "order", &format!("w{n}"), LEASE_TINY).await.0);
+        tokio::time::sleep(Duration::from_millis(15)).await;
+    }
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    let all = store.expired_leases(Duration::ZERO, REAP_LIMIT).await.expect("expired_leases");
+    let ours: Vec<&CallId> = all.iter().map(|o| &o.call_id).filter(|id| ids.contains(id)).collect();
+    assert_eq!(ours, ids.iter().collect::<Vec<_>>(), "oldest lease first");
+    assert!(all.windows(2).all(|w| w[0].lease_until <= w[1].lease_until), "sorted by lease: {all:?}");
+    let two = store.expired_leases(Duration::ZERO, 2).await.expect("expired_leases");
+    assert_eq!(two.len(), 2, "the limit bounds the answer");
+    let key = |o: &LeaseObservation| (o.call_id.clone(), o.epoch, o.lease_until);
+    assert_eq!(
+        two.iter().map(key).collect::<Vec<_>>(),
+        all[..2].iter().map(key).collect::<Vec<_>>(),
+        "a smaller limit answers a prefix"
+    );
+}
+
+fn worker_info(id: &WorkerId, live_calls: u64) -> WorkerInfo {
+    WorkerInfo {
+        worker_id: id.clone(),
+        address: "127.0.0.1:9".into(),
+        version: "test".into(),
+        live_calls,
+        governor_level: "normal".into(),
+        started_at: UnixMillis(1),
+        heartbeat_at: UnixMillis(0),
+    }
+}
+
+async fn our_workers<S: CallStore>(store: &S, ids: &[&WorkerId]) -> Vec<WorkerInfo> {
+    let all = store.workers().await.expect("workers");
+    all.into_iter().filter(|w| ids.contains(&&w.worker_id)).collect()
+}
+
+pub async fn heartbeats_list_workers_until_they_lapse<S: CallStore>(store: &S) {
+    let brief = WorkerId::parse(&unique("wb")).expect("valid");
+    let steady = WorkerId::parse(&unique("ws")).expect("valid");
+    let ids = [&brief, &steady];
+    assert!(our_workers(store, &ids).await.is_empty());
+    store.heartbeat(&worker_info(&brief, 1), LEASE_TINY).await.expect("heartbeat");
+    store.heartbeat(&worker_info(&steady, 1), LEASE_LONG).await.expect("heartbeat");
+    store.heartbeat(&worker_info(&steady, 7), LEASE_LONG).await.expect("heartbeat again");
+    let seen = our_workers(store, &ids).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let steady_seen = seen.iter().find(|w| w.worker_id == steady).expect("steady is listed");
+    assert_eq!(steady_seen.live_calls, 7, "the last heartbeat wins");
+    assert!(seen.iter().all(|w| w.heartbeat_at > UnixMillis(0)), "the store sets heartbeat_at: {seen:?}");
+    let expected = WorkerInfo { heartbeat_at: steady_seen.heartbeat_at, ..worker_info(&steady, 7) };
+    assert_eq!(steady_seen, &expected, "everything else is as announced");
+
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    let seen = our_workers(store, &ids).await;
+    assert_eq!(
+        seen.iter().map(|w| &w.worker_id).collect::<Vec<_>>(),
+        [&steady],
+        "brief lapsed after its ttl"
+    );
+
+    store.deregister(&steady).await.expect("deregister");
+    assert!(our_workers(store, &ids).await.is_empty(), "deregistered");
+    store.deregister(&steady).await.expect("deregistering twice is fine");
 }

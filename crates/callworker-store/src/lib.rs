@@ -10,6 +10,8 @@
 //! - [`CallStore`] and its request/response types (this file).
 //! - [`memory`]: [`memory::MemoryStore`], a bounded in-process implementation (single worker,
 //!   tests).
+//! - [`redis_store`]: [`redis_store::RedisStore`], the implementation shared by every worker:
+//!   one Lua script per fenced write (`lua/*.lua`), keys hash-tagged by call id.
 //! - [`contract`]: the behaviour every implementation must show, as a reusable test suite.
 //!
 //! Invariants (checked by [`contract`]):
@@ -22,6 +24,7 @@
 
 pub mod contract;
 pub mod memory;
+pub mod redis_store;
 
 use std::time::Duration;
 
@@ -80,6 +83,73 @@ pub struct CallRecord {
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
     pub checkpoint: Option<Checkpoint>,
+}
+
+/// Audio recorded since the previous checkpoint, appended atomically with the checkpoint
+/// that covers it (so a retried write never appends twice, and after a takeover the
+/// recording continues exactly where the durable call state does).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordingChunk {
+    /// Caller audio, in the call's encoding, in inbound sequence order.
+    pub inbound: Bytes,
+    /// Audio sent to the caller, in the call's encoding.
+    pub outbound: Bytes,
+}
+
+impl RecordingChunk {
+    pub fn is_empty(&self) -> bool {
+        self.inbound.is_empty() && self.outbound.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.inbound.len() + self.outbound.len()
+    }
+}
+
+/// A call's stored recording.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recording {
+    pub inbound: Bytes,
+    pub outbound: Bytes,
+    /// Audio was left out because a track reached the store's per-call bound.
+    pub truncated: bool,
+}
+
+/// What the reaper saw of a call whose lease ran out (phase one of the two-phase reap).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseObservation {
+    pub call_id: CallId,
+    pub epoch: Epoch,
+    pub status: RecordStatus,
+    /// The lease as stored when observed (`created_at` for a call never attached).
+    pub lease_until: UnixMillis,
+    /// The store's clock at the observation.
+    pub observed_at: UnixMillis,
+}
+
+/// What the reaper does to an orphan it observed, if nothing changed since.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpireAction {
+    /// End the call with this reason (bumps the epoch).
+    End(EndReason),
+    /// Extend the lease by this much without changing the epoch (claims a rescue so that
+    /// reapers on other workers leave the call alone meanwhile).
+    Extend(Duration),
+}
+
+/// A worker as it announces itself in the registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct WorkerInfo {
+    pub worker_id: WorkerId,
+    /// Where its HTTP API listens.
+    pub address: String,
+    pub version: String,
+    pub live_calls: u64,
+    /// Memory governor level (`normal`, …).
+    pub governor_level: String,
+    pub started_at: UnixMillis,
+    /// Store clock at the last heartbeat (set by the store).
+    pub heartbeat_at: UnixMillis,
 }
 
 /// A new call to store (status `created`, epoch 0, with its first checkpoint).
@@ -168,27 +238,32 @@ pub trait CallStore: Send + Sync + std::fmt::Debug + 'static {
         lease: Duration,
     ) -> Result<Attached, StoreError>;
 
-    /// Stores a checkpoint and renews the lease, if `epoch` is still current.
+    /// Stores a checkpoint, appends `recording` and renews the lease, if `epoch` is still
+    /// current. A duplicate (a retry whose first attempt was applied) renews the lease and
+    /// appends nothing.
     async fn checkpoint(
         &self,
         call_id: &CallId,
         epoch: Epoch,
         checkpoint: Checkpoint,
+        recording: RecordingChunk,
         lease: Duration,
     ) -> Result<CheckpointAck, StoreError>;
 
     /// Renews the owner's lease, if `epoch` is still current.
     async fn renew(&self, call_id: &CallId, epoch: Epoch, lease: Duration) -> Result<(), StoreError>;
 
-    /// Ends the call, if `epoch` is still current, storing `final_checkpoint` when given.
-    /// Bumps the epoch so that nothing can write after the end. Ending an ended call
-    /// answers [`StoreError::Ended`] with the first reason.
+    /// Ends the call, if `epoch` is still current, storing `final_checkpoint` (and
+    /// appending `recording`) when given. Bumps the epoch so that nothing can write after
+    /// the end, and removes the call from the lease index. Ending an ended call answers
+    /// [`StoreError::Ended`] with the first reason.
     async fn end(
         &self,
         call_id: &CallId,
         epoch: Epoch,
         reason: EndReason,
         final_checkpoint: Option<Checkpoint>,
+        recording: RecordingChunk,
     ) -> Result<Epoch, StoreError>;
 
     /// Reads one call.
@@ -196,4 +271,32 @@ pub trait CallStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Lists calls, oldest first, filtered and paginated.
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError>;
+
+    /// Reads a call's recording (empty tracks if it recorded nothing).
+    async fn recording(&self, call_id: &CallId) -> Result<Recording, StoreError>;
+
+    /// Phase one of a reap: up to `limit` live (created or active) calls whose lease ran
+    /// out at least `overdue` ago by the store's clock, oldest lease first. A call never
+    /// attached counts its lease from creation.
+    async fn expired_leases(
+        &self,
+        overdue: Duration,
+        limit: usize,
+    ) -> Result<Vec<LeaseObservation>, StoreError>;
+
+    /// Phase two of a reap: applies `action` only if the call is exactly as observed (same
+    /// epoch and lease: nobody attached or renewed since), else answers
+    /// [`StoreError::Stale`] with the current epoch. An ended or missing call is dropped from
+    /// the lease index and answers `Ended`/`NotFound`. Returns the epoch after the action.
+    async fn expire(&self, observed: &LeaseObservation, action: ExpireAction) -> Result<Epoch, StoreError>;
+
+    /// Announces (or refreshes) a worker in the registry; the entry lapses after `ttl`
+    /// without a heartbeat.
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError>;
+
+    /// Workers whose heartbeat has not lapsed, by id.
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError>;
+
+    /// Removes a worker from the registry (clean shutdown).
+    async fn deregister(&self, worker_id: &WorkerId) -> Result<(), StoreError>;
 }

@@ -13,9 +13,13 @@ use async_trait::async_trait;
 use callworker_call::{CallId, EndReason, Epoch, UnixMillis, WorkerId};
 
 use crate::{
-    Attached, AttemptId, CallRecord, CallStore, Checkpoint, CheckpointAck, LIST_LIMIT_MAX, ListPage,
-    ListQuery, NewCall, RecordStatus, StoreError,
+    Attached, AttemptId, CallRecord, CallStore, Checkpoint, CheckpointAck, ExpireAction, LIST_LIMIT_MAX,
+    LeaseObservation, ListPage, ListQuery, NewCall, RecordStatus, Recording, RecordingChunk, StoreError,
+    WorkerInfo,
 };
+
+/// Default bound of each recorded track per call (bytes): one hour of 8 kHz G.711.
+pub const RECORDING_TRACK_BYTES_MAX: usize = 8000 * 3600;
 
 /// Where the store reads the time for leases and record timestamps.
 pub type StoreClock = Arc<dyn Fn() -> UnixMillis + Send + Sync>;
@@ -28,6 +32,9 @@ pub type StoreClock = Arc<dyn Fn() -> UnixMillis + Send + Sync>;
 pub struct MemoryStore {
     /// Most calls held, live or ended.
     capacity: usize,
+    /// Most bytes recorded per track per call; beyond it audio is left out and the
+    /// recording marked truncated.
+    recording_track_bytes_max: usize,
     clock: StoreClock,
     inner: Mutex<Inner>,
 }
@@ -40,6 +47,8 @@ struct Inner {
     order: BTreeMap<u64, CallId>,
     /// Position the next created call gets.
     next_position: u64,
+    /// The worker registry: the last heartbeat of each worker and when it lapses.
+    workers: BTreeMap<WorkerId, (WorkerInfo, UnixMillis)>,
 }
 
 #[derive(Debug)]
@@ -48,6 +57,30 @@ struct Entry {
     position: u64,
     /// The attach attempt that produced the current epoch, so its retry is recognised.
     attempt: Option<AttemptId>,
+    recording: Recording,
+}
+
+impl Entry {
+    /// Appends a chunk, leaving out what does not fit under `max` bytes per track.
+    fn record(&mut self, chunk: RecordingChunk, max: usize) {
+        let rec = &mut self.recording;
+        for (track, data) in [(&mut rec.inbound, chunk.inbound), (&mut rec.outbound, chunk.outbound)] {
+            if data.is_empty() {
+                continue;
+            }
+            let room = max.saturating_sub(track.len());
+            if data.len() > room {
+                rec.truncated = true;
+            }
+            let keep = data.len().min(room);
+            if keep > 0 {
+                let mut joined = Vec::with_capacity(track.len() + keep);
+                joined.extend_from_slice(track);
+                joined.extend_from_slice(&data[..keep]);
+                *track = joined.into();
+            }
+        }
+    }
 }
 
 impl fmt::Debug for MemoryStore {
@@ -74,7 +107,18 @@ impl MemoryStore {
     /// A store of at most `capacity` calls reading time from `clock` (tests use a virtual
     /// clock to check leases without sleeping).
     pub fn with_clock(capacity: usize, clock: StoreClock) -> MemoryStore {
-        MemoryStore { capacity, clock, inner: Mutex::new(Inner::default()) }
+        MemoryStore {
+            capacity,
+            recording_track_bytes_max: RECORDING_TRACK_BYTES_MAX,
+            clock,
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Bounds each recorded track of a call to `bytes`.
+    pub fn with_recording_limit(mut self, bytes: usize) -> MemoryStore {
+        self.recording_track_bytes_max = bytes;
+        self
     }
 
     pub fn capacity(&self) -> usize {
@@ -182,7 +226,9 @@ impl CallStore for MemoryStore {
             updated_at: now,
             checkpoint: Some(call.checkpoint),
         };
-        inner.records.insert(call.call_id, Entry { record, position, attempt: None });
+        inner
+            .records
+            .insert(call.call_id, Entry { record, position, attempt: None, recording: Recording::default() });
         Ok(())
     }
 
@@ -224,11 +270,14 @@ impl CallStore for MemoryStore {
         call_id: &CallId,
         epoch: Epoch,
         checkpoint: Checkpoint,
+        recording: RecordingChunk,
         lease: Duration,
     ) -> Result<CheckpointAck, StoreError> {
         let now = self.now();
+        let max = self.recording_track_bytes_max;
         let mut inner = self.lock()?;
-        let record = &mut inner.entry(call_id)?.record;
+        let entry = inner.entry(call_id)?;
+        let record = &mut entry.record;
         check_writable(record, epoch)?;
         // A duplicate is a retry by the current owner: it is alive, so renew either way.
         record.lease_until = Some(now + lease);
@@ -239,6 +288,7 @@ impl CallStore for MemoryStore {
             return Ok(CheckpointAck::Duplicate { stored_seq: stored.seq });
         }
         record.checkpoint = Some(checkpoint);
+        entry.record(recording, max);
         Ok(CheckpointAck::Applied)
     }
 
@@ -258,10 +308,13 @@ impl CallStore for MemoryStore {
         epoch: Epoch,
         reason: EndReason,
         final_checkpoint: Option<Checkpoint>,
+        recording: RecordingChunk,
     ) -> Result<Epoch, StoreError> {
         let now = self.now();
+        let max = self.recording_track_bytes_max;
         let mut inner = self.lock()?;
-        let record = &mut inner.entry(call_id)?.record;
+        let entry = inner.entry(call_id)?;
+        let record = &mut entry.record;
         check_writable(record, epoch)?;
         record.status = RecordStatus::Ended;
         record.end_reason = Some(reason);
@@ -274,7 +327,9 @@ impl CallStore for MemoryStore {
         {
             record.checkpoint = Some(last);
         }
-        Ok(record.epoch)
+        let epoch = record.epoch;
+        entry.record(recording, max);
+        Ok(epoch)
     }
 
     async fn get(&self, call_id: &CallId) -> Result<CallRecord, StoreError> {
@@ -309,6 +364,83 @@ impl CallStore for MemoryStore {
             _ => None,
         };
         Ok(ListPage { records, next_cursor })
+    }
+
+    async fn recording(&self, call_id: &CallId) -> Result<Recording, StoreError> {
+        let inner = self.lock()?;
+        inner.records.get(call_id).map(|e| e.recording.clone()).ok_or(StoreError::NotFound)
+    }
+
+    async fn expired_leases(
+        &self,
+        overdue: Duration,
+        limit: usize,
+    ) -> Result<Vec<LeaseObservation>, StoreError> {
+        let now = self.now();
+        let inner = self.lock()?;
+        let mut expired: Vec<LeaseObservation> = inner
+            .records
+            .values()
+            .map(|e| &e.record)
+            .filter(|r| r.status != RecordStatus::Ended)
+            .filter_map(|r| {
+                let lease_until = r.lease_until.unwrap_or(r.created_at);
+                (lease_until + overdue <= now).then(|| LeaseObservation {
+                    call_id: r.call_id.clone(),
+                    epoch: r.epoch,
+                    status: r.status,
+                    lease_until,
+                    observed_at: now,
+                })
+            })
+            .collect();
+        expired.sort_by(|a, b| a.lease_until.cmp(&b.lease_until).then_with(|| a.call_id.cmp(&b.call_id)));
+        expired.truncate(limit);
+        Ok(expired)
+    }
+
+    async fn expire(&self, observed: &LeaseObservation, action: ExpireAction) -> Result<Epoch, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let record = &mut inner.entry(&observed.call_id)?.record;
+        ended(record)?;
+        let lease_until = record.lease_until.unwrap_or(record.created_at);
+        if record.epoch != observed.epoch || lease_until != observed.lease_until {
+            return Err(StoreError::Stale { current: record.epoch });
+        }
+        match action {
+            ExpireAction::End(reason) => {
+                record.status = RecordStatus::Ended;
+                record.end_reason = Some(reason);
+                record.epoch = record.epoch.next();
+                record.owner = None;
+                record.lease_until = None;
+            }
+            ExpireAction::Extend(by) => record.lease_until = Some(now + by),
+        }
+        record.updated_at = now;
+        Ok(record.epoch)
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let mut info = worker.clone();
+        info.heartbeat_at = now;
+        inner.workers.insert(worker.worker_id.clone(), (info, now + ttl));
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        inner.workers.retain(|_, (_, lapses)| *lapses > now);
+        Ok(inner.workers.values().map(|(info, _)| info.clone()).collect())
+    }
+
+    async fn deregister(&self, worker_id: &WorkerId) -> Result<(), StoreError> {
+        self.lock()?.workers.remove(worker_id);
+        Ok(())
     }
 }
 

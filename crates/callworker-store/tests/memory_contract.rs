@@ -11,12 +11,16 @@ use bytes::Bytes;
 use callworker_call::{CallId, EndReason, Epoch, TenantId, UnixMillis, WorkerId};
 use callworker_store::memory::MemoryStore;
 use callworker_store::{
-    AttemptId, CallStore, Checkpoint, ListQuery, NewCall, RecordStatus, StoreError, contract,
+    AttemptId, CallStore, Checkpoint, ExpireAction, LeaseObservation, ListQuery, NewCall, RecordStatus,
+    Recording, RecordingChunk, StoreError, WorkerInfo, contract,
 };
 
 #[tokio::test]
 async fn memory_store_meets_the_contract() {
-    contract::run_all(|| MemoryStore::new(1_000)).await;
+    contract::run_all(|| async {
+        MemoryStore::new(1_000).with_recording_limit(contract::RECORDING_TRACK_BYTES_MAX)
+    })
+    .await;
 }
 
 fn new_call(id: &str) -> NewCall {
@@ -45,8 +49,8 @@ async fn full_store_evicts_the_oldest_ended_call_or_refuses() {
     assert_eq!(store.create(new_call("c4")).await, Err(StoreError::Full(3)), "no call has ended");
     assert_eq!(store.create(new_call("c1")).await, Err(StoreError::AlreadyExists));
 
-    store.end(&id("c2"), Epoch::ZERO, EndReason::Completed, None).await.unwrap();
-    store.end(&id("c3"), Epoch::ZERO, EndReason::Completed, None).await.unwrap();
+    store.end(&id("c2"), Epoch::ZERO, EndReason::Completed, None, RecordingChunk::default()).await.unwrap();
+    store.end(&id("c3"), Epoch::ZERO, EndReason::Completed, None, RecordingChunk::default()).await.unwrap();
     store.create(new_call("c4")).await.unwrap();
     assert_eq!(store.get(&id("c2")).await, Err(StoreError::NotFound), "c2 was the oldest ended");
     assert_eq!(ids_listed(&store).await, ["c1", "c3", "c4"]);
@@ -68,7 +72,7 @@ async fn cursors_survive_eviction_of_earlier_calls() {
     }
     let first = ListQuery { tenant: None, status: None, cursor: None, limit: 2 };
     let page = store.list(&first).await.unwrap();
-    store.end(&id("c1"), Epoch::ZERO, EndReason::Completed, None).await.unwrap();
+    store.end(&id("c1"), Epoch::ZERO, EndReason::Completed, None, RecordingChunk::default()).await.unwrap();
     store.create(new_call("c5")).await.unwrap();
     let next = ListQuery { cursor: page.next_cursor, ..first };
     let page = store.list(&next).await.unwrap();
@@ -93,7 +97,7 @@ async fn leases_run_from_the_store_clock() {
     store.renew(&id("c1"), a.epoch, lease).await.unwrap();
     let r = store.get(&id("c1")).await.unwrap();
     assert_eq!((r.lease_until, r.updated_at), (Some(UnixMillis(1_007_000)), UnixMillis(1_002_000)));
-    store.end(&id("c1"), a.epoch, EndReason::Completed, None).await.unwrap();
+    store.end(&id("c1"), a.epoch, EndReason::Completed, None, RecordingChunk::default()).await.unwrap();
     let r = store.get(&id("c1")).await.unwrap();
     assert_eq!((r.status, r.owner, r.lease_until), (RecordStatus::Ended, None, None));
 }
@@ -123,10 +127,11 @@ impl CallStore for UnfencedStore {
         call_id: &CallId,
         _epoch: Epoch,
         checkpoint: Checkpoint,
+        recording: RecordingChunk,
         lease: Duration,
     ) -> Result<callworker_store::CheckpointAck, StoreError> {
         let current = self.0.get(call_id).await?.epoch;
-        self.0.checkpoint(call_id, current, checkpoint, lease).await
+        self.0.checkpoint(call_id, current, checkpoint, recording, lease).await
     }
     async fn renew(&self, call_id: &CallId, epoch: Epoch, lease: Duration) -> Result<(), StoreError> {
         self.0.renew(call_id, epoch, lease).await
@@ -137,14 +142,37 @@ impl CallStore for UnfencedStore {
         epoch: Epoch,
         reason: EndReason,
         final_checkpoint: Option<Checkpoint>,
+        recording: RecordingChunk,
     ) -> Result<Epoch, StoreError> {
-        self.0.end(call_id, epoch, reason, final_checkpoint).await
+        self.0.end(call_id, epoch, reason, final_checkpoint, recording).await
     }
     async fn get(&self, call_id: &CallId) -> Result<callworker_store::CallRecord, StoreError> {
         self.0.get(call_id).await
     }
     async fn list(&self, query: &ListQuery) -> Result<callworker_store::ListPage, StoreError> {
         self.0.list(query).await
+    }
+    async fn recording(&self, call_id: &CallId) -> Result<Recording, StoreError> {
+        self.0.recording(call_id).await
+    }
+    async fn expired_leases(
+        &self,
+        overdue: Duration,
+        limit: usize,
+    ) -> Result<Vec<LeaseObservation>, StoreError> {
+        self.0.expired_leases(overdue, limit).await
+    }
+    async fn expire(&self, observed: &LeaseObservation, action: ExpireAction) -> Result<Epoch, StoreError> {
+        self.0.expire(observed, action).await
+    }
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
+        self.0.heartbeat(worker, ttl).await
+    }
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        self.0.workers().await
+    }
+    async fn deregister(&self, worker_id: &WorkerId) -> Result<(), StoreError> {
+        self.0.deregister(worker_id).await
     }
 }
 

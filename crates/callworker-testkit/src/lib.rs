@@ -1,12 +1,14 @@
-//! Test support: start real callworker processes (and, later, redis-server and haproxy) on
+//! Test support: start real callworker processes and redis-server (and, later, haproxy) on
 //! free loopback ports, and stop them by PID. Used only as a dev-dependency.
 //!
-//! Every process started here is owned by a guard whose `Drop` kills it (SIGKILL) and reaps
-//! it, so a failing or panicking test leaves nothing running. Worker logs go to
-//! `target/test-logs/`, and their path is printed when a worker fails to start.
+//! Every process started here is owned by a guard ([`Worker`], [`RedisServer`]) whose
+//! `Drop` kills it (SIGKILL) and reaps it, so a failing or panicking test leaves nothing
+//! running. Logs go to `target/test-logs/`, and their path is printed when a process fails
+//! to start.
 
 use std::fs::File;
-use std::net::TcpListener;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -210,4 +212,199 @@ pub fn run_worker_command(args: &[&str], env: &[(&str, &str)]) -> anyhow::Result
     let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
     text.push_str(&String::from_utf8_lossy(&output.stderr));
     Ok((output.status.code(), text))
+}
+
+/// How long redis-server may take to answer `PING` after start (it replays its AOF first).
+pub const REDIS_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The redis-server binary: `redis-server` on `PATH`, else Debian's `/usr/bin/redis-server`.
+fn redis_server_binary() -> anyhow::Result<PathBuf> {
+    let on_path = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).map(|dir| dir.join("redis-server")).collect::<Vec<_>>())
+        .unwrap_or_default();
+    on_path
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin/redis-server")])
+        .find(|p| p.is_file())
+        .context("redis-server is not installed; install it with `apt-get install -y redis-server`")
+}
+
+/// A running `redis-server` on a free loopback port, persisting to an append-only file
+/// (`appendfsync everysec`) in its own directory and never evicting
+/// (`maxmemory-policy noeviction`), as production should. Killed (SIGKILL) and reaped on
+/// drop; its directory is removed then unless the test is panicking (kept for a look).
+#[derive(Debug)]
+pub struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: PathBuf,
+    log_path: PathBuf,
+    /// Extra `--name value` arguments given at start, kept for `restart`.
+    extra_args: Vec<String>,
+}
+
+impl RedisServer {
+    /// Starts redis-server on a free port and waits until it answers `PING`.
+    pub async fn start() -> anyhow::Result<RedisServer> {
+        RedisServer::start_with(&[]).await
+    }
+
+    /// Like [`RedisServer::start`], with extra config arguments (e.g. `["--maxmemory",
+    /// "2mb"]`).
+    pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<RedisServer> {
+        let port = free_port();
+        let dir = logs_dir().join(format!("redis-{port}-{}", std::process::id()));
+        // A leftover from an earlier run would be replayed: start empty.
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        let log_path = dir.join("redis.log");
+        let mut server = RedisServer {
+            child: None,
+            port,
+            dir,
+            log_path,
+            extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        server.spawn().await?;
+        Ok(server)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let bin = redis_server_binary()?;
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .with_context(|| format!("open {}", self.log_path.display()))?;
+        let child = Command::new(&bin)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", "yes", "--appendfsync", "everysec"])
+            .arg("--dir")
+            .arg(&self.dir)
+            .args(["--maxmemory-policy", "noeviction", "--daemonize", "no", "--logfile", ""])
+            .args(&self.extra_args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        self.child = Some(child);
+        self.wait_ready().await
+    }
+
+    async fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + REDIS_START_TIMEOUT;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                self.child = None;
+                bail!(
+                    "redis-server exited during start ({status}); log: {}\n{}",
+                    self.log_path.display(),
+                    self.log_tail()
+                );
+            }
+            let port = self.port;
+            let pong = tokio::task::spawn_blocking(move || ping(port)).await.unwrap_or(false);
+            if pong {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "redis-server not answering PING after {REDIS_START_TIMEOUT:?}; log: {}\n{}",
+                    self.log_path.display(),
+                    self.log_tail()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `redis://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Its directory (AOF and log).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last lines of its log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(40)..].join("\n")
+    }
+
+    /// Whether the process has exited (and how).
+    pub fn try_wait(&mut self) -> anyhow::Result<Option<ExitStatus>> {
+        match self.child.as_mut() {
+            Some(c) => Ok(c.try_wait()?),
+            None => Ok(None),
+        }
+    }
+
+    /// Sends a signal to the server.
+    pub fn signal(&self, sig: Signal) -> anyhow::Result<()> {
+        signal(self.pid().context("redis-server is not running")?, sig)
+    }
+
+    /// SIGSTOP: the server hangs with its sockets open (a stalled node).
+    pub fn stop(&self) -> anyhow::Result<()> {
+        self.signal(Signal::STOP)
+    }
+
+    /// SIGCONT after [`RedisServer::stop`].
+    pub fn cont(&self) -> anyhow::Result<()> {
+        self.signal(Signal::CONT)
+    }
+
+    /// SIGKILL and reap (a crash: whatever was not yet fsynced to the AOF is lost).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // A stopped process dies of SIGKILL too.
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Kills the server if it runs, then starts it again on the same port and directory, so
+    /// it replays its AOF; waits until it answers `PING`.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        self.spawn().await
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Whether a Redis on `port` answers `PING` (blocking, bounded by short timeouts).
+fn ping(port: u16) -> bool {
+    let attempt = || -> std::io::Result<bool> {
+        let timeout = Duration::from_millis(200);
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+        let mut stream = TcpStream::connect_timeout(&addr, timeout)?;
+        stream.set_read_timeout(Some(timeout))?;
+        stream.set_write_timeout(Some(timeout))?;
+        stream.write_all(b"PING\r\n")?;
+        let mut reply = [0u8; 7];
+        stream.read_exact(&mut reply)?;
+        Ok(&reply == b"+PONG\r\n")
+    };
+    attempt().unwrap_or(false)
 }

@@ -219,6 +219,16 @@ impl ProgramState {
         }
     }
 
+    /// `frames` frames already sent were never played (the session carrying them died):
+    /// programs that generate their audio step back to play them again. Echo cannot
+    /// regenerate the caller's audio and does nothing.
+    pub(crate) fn rewind(&mut self, frames: u64) {
+        match self {
+            ProgramState::Echo(_) => {}
+            ProgramState::Tone(s) => s.rewind(frames),
+        }
+    }
+
     /// The media session went away: nothing is produced until the next attach.
     pub(crate) fn detach(&mut self) {
         match self {

@@ -102,6 +102,47 @@ impl ToneState {
         self.clock.stop();
     }
 
+    /// Steps the pattern back `frames` frames that were sent but never played to the caller
+    /// (they died with the previous session), so they are played again. A repeating pattern
+    /// wraps around; a one-shot pattern stops at its start. Inside a digit acknowledgement
+    /// the acknowledgement is lengthened instead, up to its full length.
+    pub(crate) fn rewind(&mut self, frames: u64) {
+        if frames == 0 {
+            return;
+        }
+        if let Some(ack) = &mut self.dtmf_ack {
+            let full = (DTMF_ACK_MS / FRAME_MS) as u32;
+            ack.frames_left =
+                ack.frames_left.saturating_add(u32::try_from(frames).unwrap_or(u32::MAX)).min(full);
+            return;
+        }
+        let lengths: Vec<u64> = self.params.segments.iter().map(|s| u64::from(s.frames())).collect();
+        let total: u64 = lengths.iter().sum();
+        if total == 0 || self.segment_index as usize > lengths.len() {
+            return;
+        }
+        let position = if self.finished {
+            total
+        } else {
+            lengths[..self.segment_index as usize].iter().sum::<u64>() + u64::from(self.segment_frames_played)
+        };
+        let target = if self.params.repeat {
+            (position + total - frames % total) % total
+        } else {
+            position.saturating_sub(frames)
+        };
+        let mut rest = target;
+        for (index, len) in lengths.iter().enumerate() {
+            if rest < *len {
+                self.segment_index = index as u32;
+                self.segment_frames_played = rest as u32;
+                break;
+            }
+            rest -= len;
+        }
+        self.finished = false;
+    }
+
     pub(crate) fn next_deadline(&self) -> Option<UnixMillis> {
         self.clock.deadline()
     }

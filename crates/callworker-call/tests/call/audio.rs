@@ -109,7 +109,7 @@ fn a_late_timeout_emits_at_most_ten_frames_and_counts_the_rest() {
 fn detach_pauses_the_pattern_and_attach_resumes_it() {
     let mut call = attached(tone(&[(&[440], 100), (&[880], 100)], true, None), PCMU_8K);
     run_frames(&mut call, 0, 60);
-    step(&mut call, at(60), Input::Detached);
+    step(&mut call, at(60), Input::Detached { cause: None });
     // Ten minutes later, the pattern continues where it was: 2 more frames of 440 Hz.
     let later = 600_000;
     step(&mut call, at(later), Input::Attached { transport: Transport::Native, resume: None });

@@ -9,8 +9,8 @@ use callworker_call::checkpoint::{
 };
 use callworker_call::program::{EchoParams, EchoState, ProgramState};
 use callworker_call::{
-    Action, Call, CallId, CallLimits, CallStatus, Direction, EventKind, Input, MediaPositions, ResumeCause,
-    TenantId, Timeline, Transport, UnixMillis,
+    Action, Call, CallId, CallLimits, CallStatus, Direction, EventKind, Input, MediaPositions,
+    RecordingSettings, ResumeCause, TenantId, Timeline, Transport, TwilioLeg, UnixMillis,
 };
 
 use crate::support::*;
@@ -58,39 +58,69 @@ fn golden_v1_call() -> Call {
         program: ProgramState::Echo(EchoState::new(EchoParams { delay_ms: 40 })),
         overlay: None,
         timeline,
+        recording: RecordingSettings::default(),
+        twilio: None,
+        detach_cause: None,
     }
 }
 
-/// Golden file of checkpoint format 1.
+/// The call frozen in `checkpoint-v2.bin`: format 1's call plus every field format 2 added.
+fn golden_v2_call() -> Call {
+    let mut call = golden_v1_call();
+    call.recording = RecordingSettings { inbound: true, outbound: false };
+    call.twilio = Some(TwilioLeg {
+        account_sid: "AC0123456789abcdef0123456789abcdef".into(),
+        call_sid: "CA0123456789abcdef0123456789abcdef".into(),
+        stream_sid: "MZ0123456789abcdef0123456789abcdef".into(),
+    });
+    call.detach_cause = Some(ResumeCause::MigratedDrain);
+    call
+}
+
+/// Checks the golden file of one format: it decodes (upgraded) to `expected`, and, for the
+/// format this build writes, encoding `expected` still gives exactly its bytes.
 ///
-/// If this fails because `encode` no longer produces these bytes, the checkpoint format has
-/// changed: do NOT regenerate this file. Bump `FORMAT_VERSION_WRITE` (and, one release
-/// earlier, `FORMAT_VERSION_MAX_READ`), keep the old `Call` types to decode format 1 and
-/// upgrade them on read, add `checkpoint-v2.bin` with its own test, and keep this file and
-/// the decode half of this test forever: workers must read every released format.
+/// If the encoding check fails, the checkpoint format has changed: do NOT regenerate the
+/// file. Bump `FORMAT_VERSION_WRITE` (and, one release earlier, `FORMAT_VERSION_MAX_READ`),
+/// keep the old `Call` type to decode the old format and upgrade it on read, add the next
+/// golden file with its own test, and keep every existing file and the decode half of its
+/// test forever: workers must read every released format.
 ///
-/// A missing golden file is created when `CALLWORKER_BLESS_GOLDEN=1` is set; an existing
-/// one is never overwritten.
-#[test]
-fn golden_v1_decodes_and_encoding_is_unchanged() {
-    let path = golden_path(1);
-    let expected = golden_v1_call();
+/// A missing golden file of the written format is created when `CALLWORKER_BLESS_GOLDEN=1`
+/// is set; an existing one is never overwritten.
+fn check_golden(version: u16, expected: &Call) {
+    let path = golden_path(version);
     if !path.exists() && std::env::var("CALLWORKER_BLESS_GOLDEN").as_deref() == Ok("1") {
-        assert_eq!(FORMAT_VERSION_WRITE, 1, "bless only the format this build writes");
-        std::fs::write(&path, checkpoint::encode(&expected)).unwrap();
+        assert_eq!(FORMAT_VERSION_WRITE, version, "bless only the format this build writes");
+        std::fs::write(&path, checkpoint::encode(expected)).unwrap();
     }
     let golden = std::fs::read(&path).unwrap_or_else(|e| {
         panic!("{}: {e} (run once with CALLWORKER_BLESS_GOLDEN=1 to create it)", path.display())
     });
-    assert_eq!(checkpoint::format_version(&golden), Ok(1));
-    assert_eq!(checkpoint::decode(&golden).unwrap(), expected, "golden v1 must decode to the same call");
-    if FORMAT_VERSION_WRITE == 1 {
+    assert_eq!(checkpoint::format_version(&golden), Ok(version));
+    assert_eq!(
+        &checkpoint::decode(&golden).unwrap(),
+        expected,
+        "golden v{version} must decode to the same call"
+    );
+    if FORMAT_VERSION_WRITE == version {
         assert!(
-            checkpoint::encode(&expected) == golden,
+            checkpoint::encode(expected) == golden,
             "the checkpoint format changed: bump the format version and keep {} (see this test's doc)",
             path.display()
         );
     }
+}
+
+/// Format 1 is upgraded on read: the fields format 2 added take their defaults.
+#[test]
+fn golden_v1_decodes_upgraded() {
+    check_golden(1, &golden_v1_call());
+}
+
+#[test]
+fn golden_v2_decodes_and_encoding_is_unchanged() {
+    check_golden(2, &golden_v2_call());
 }
 
 /// A call whose checkpoint holds every event kind, a tone program mid-DTMF-acknowledgement,
@@ -103,7 +133,7 @@ fn busy_calls() -> Vec<Call> {
         (20, Input::Timeout),
         (30, Input::Action(Action::PlayTone { freqs_hz: vec![350, 440], duration_ms: 500 })),
         (40, Input::Timeout),
-        (50, Input::Detached),
+        (50, Input::Detached { cause: None }),
         (
             60,
             Input::Attached {

@@ -44,7 +44,7 @@ fn attached_and_detached() {
     assert_eq!(last_event(&call).kind, EventKind::Attached { transport: Transport::Twilio });
     assert_eq!(call.poll_timeout(), Some(at(100)), "the tone clock starts at attach");
 
-    let out = step(&mut call, at(200), Input::Detached);
+    let out = step(&mut call, at(200), Input::Detached { cause: None });
     assert_eq!(out, [Output::Checkpoint]);
     assert!(!call.attached);
     assert_eq!(last_event(&call).kind, EventKind::Detached);
@@ -52,7 +52,7 @@ fn attached_and_detached() {
     assert_eq!(step(&mut call, at(250), Input::Timeout), [], "no audio while detached");
 
     let events = call.timeline.len();
-    assert_eq!(step(&mut call, at(300), Input::Detached), [], "detach twice is a no-op");
+    assert_eq!(step(&mut call, at(300), Input::Detached { cause: None }), [], "detach twice is a no-op");
     assert_eq!(call.timeline.len(), events);
 
     let resume = Resume { cause: ResumeCause::MigratedDrain, gap_ms: 700 };
@@ -249,7 +249,7 @@ fn end_happens_exactly_once_and_then_everything_is_ignored() {
         let later = [
             Input::End(EndReason::InternalError),
             Input::Attached { transport: Transport::Native, resume: None },
-            Input::Detached,
+            Input::Detached { cause: None },
             Input::Audio { seq: 9, payload: &[1] },
             Input::Dtmf { digit: '1' },
             Input::Played { upto_seq: 0 },
@@ -294,6 +294,6 @@ fn poll_timeout_takes_the_earliest_timer() {
     assert_eq!(call.poll_timeout(), Some(at(20)));
     step(&mut call, at(5), Input::Action(Action::PlayTone { freqs_hz: vec![440], duration_ms: 40 }));
     assert_eq!(call.poll_timeout(), Some(at(5)), "overlay clock starts at the action");
-    step(&mut call, at(5), Input::Detached);
+    step(&mut call, at(5), Input::Detached { cause: None });
     assert_eq!(call.poll_timeout(), Some(call.max_duration_at()));
 }

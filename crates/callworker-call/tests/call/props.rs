@@ -57,7 +57,7 @@ fn to_input(op: &Op, media: MediaPositions) -> Input<'_> {
             transport: Transport::Native,
             resume: gap.map(|gap_ms| Resume { cause: ResumeCause::WorkerLost, gap_ms }),
         },
-        Op::Detach => Input::Detached,
+        Op::Detach => Input::Detached { cause: None },
         Op::Audio(delta, payload) => {
             Input::Audio { seq: media.inbound_applied_seq.saturating_add_signed(i64::from(*delta)), payload }
         }

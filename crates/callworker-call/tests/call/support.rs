@@ -26,6 +26,7 @@ pub fn spec(program: ProgramSpec, audio: AudioFormat) -> CallSpec {
         program,
         audio,
         limits: CallLimits::default(),
+        recording: Default::default(),
     }
 }
 

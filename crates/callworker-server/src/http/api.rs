@@ -6,7 +6,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use callworker_call::{Action, Call, CallId, CallSpec, Direction, EndReason, Epoch, ProgramSpec, TenantId};
+use callworker_call::{
+    Action, Call, CallId, CallSpec, Direction, EndReason, Epoch, ProgramSpec, RecordingSettings, TenantId,
+};
 use callworker_protocol::{AudioFormat, Encoding};
 use callworker_store::{LIST_LIMIT_MAX, ListQuery, RecordStatus};
 use serde::Deserialize;
@@ -41,6 +43,9 @@ pub struct CreateCall {
     /// At most the configured `calls.max_duration_ms`.
     #[serde(default)]
     max_duration_ms: Option<u64>,
+    /// Tracks to record; the configured `calls.recording` when absent.
+    #[serde(default)]
+    record: Option<RecordingSettings>,
 }
 
 /// Longest `from`/`to` accepted (E.164 numbers, SIP URIs).
@@ -93,6 +98,7 @@ pub async fn create_call(
         program: req.program,
         audio,
         limits,
+        recording: req.record.unwrap_or(state.config.calls.recording),
     };
     let (call, _) = calls::create(&state, spec, "api").await?;
     let token = state.tokens.issue(&call.id, &call.tenant, Epoch::ZERO, now());
@@ -142,7 +148,23 @@ pub async fn list_calls(
     let page = state.store.list(&ListQuery { tenant, status, cursor: p.cursor, limit }).await?;
     let mut views = Vec::with_capacity(page.records.len());
     for record in &page.records {
-        views.push(CallView::new(&calls::decode(record)?, record.epoch));
+        // One call whose stored state cannot be read (corrupt, or a newer format) must not
+        // hide the others: it is listed with what the store itself knows.
+        let view = match calls::decode(record) {
+            Ok(call) => {
+                serde_json::to_value(CallView::new(&call, record.epoch)).map_err(|_| Error::internal())?
+            }
+            Err(_) => json!({
+                "call_id": record.call_id.as_str(),
+                "tenant": record.tenant.as_str(),
+                "status": record.status.as_str(),
+                "end_reason": record.end_reason,
+                "epoch": record.epoch.get(),
+                "created_at_ms": record.created_at.0,
+                "state_readable": false,
+            }),
+        };
+        views.push(view);
     }
     Ok(Json(json!({ "calls": views, "next_cursor": page.next_cursor })).into_response())
 }
@@ -245,4 +267,62 @@ pub async fn call_action(
             "no media session is attached to this call on this worker",
         )),
     }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordingParams {
+    #[serde(default)]
+    track: Option<String>,
+}
+
+/// `GET /v1/calls/{id}/recording?track=inbound|outbound`: the call's recording as a WAV
+/// file in the call's own encoding (μ-law, A-law or 16-bit PCM, mono). It holds the audio
+/// that durable checkpoints cover: for a live call, up to its last checkpoint.
+pub async fn call_recording(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    ApiQuery(p): ApiQuery<RecordingParams>,
+) -> Result<Response, Error> {
+    let id = parse_call_id(&id)?;
+    let inbound = match p.track.as_deref() {
+        None | Some("inbound") => true,
+        Some("outbound") => false,
+        Some(other) => {
+            return Err(invalid(
+                "invalid_track",
+                format!("track {other:?} is not one of: inbound, outbound"),
+            ));
+        }
+    };
+    let record = state.store.get(&id).await?;
+    let call = calls::decode(&record)?;
+    let enabled = if inbound { call.recording.inbound } else { call.recording.outbound };
+    if !enabled {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "recording_not_enabled",
+            "this call does not record that track",
+        ));
+    }
+    let recording = state.store.recording(&id).await?;
+    let audio = if inbound { recording.inbound } else { recording.outbound };
+    let wav = crate::wav::encode(call.audio, &audio);
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "audio/wav"),
+            (
+                axum::http::header::HeaderName::from_static("x-recording-truncated"),
+                if recording.truncated { "true" } else { "false" },
+            ),
+        ],
+        wav,
+    )
+        .into_response())
+}
+
+/// `GET /v1/workers`: the worker registry (workers whose heartbeat has not lapsed).
+pub async fn list_workers(State(state): State<AppState>) -> Result<Response, Error> {
+    let workers = state.store.workers().await?;
+    Ok(Json(json!({ "workers": workers })).into_response())
 }

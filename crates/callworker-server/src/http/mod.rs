@@ -3,7 +3,7 @@
 mod api;
 mod health;
 mod media;
-mod twilio;
+pub mod twilio;
 
 use std::time::Instant;
 
@@ -30,6 +30,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/calls/{id}/events", get(api::call_events))
         .route("/v1/calls/{id}/end", post(api::end_call))
         .route("/v1/calls/{id}/actions", post(api::call_action))
+        .route("/v1/calls/{id}/recording", get(api::call_recording))
+        .route("/v1/workers", get(api::list_workers))
         .route("/v1/media", get(media::native_media))
         .route("/twilio/voice", post(twilio::voice))
         .route("/twilio/stream-ended", post(twilio::stream_ended))

@@ -7,8 +7,9 @@ use std::collections::HashMap;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use callworker_call::{CallId, CallSpec, Direction, EndReason, Epoch};
+use callworker_call::{CallId, CallSpec, Direction, Epoch};
 use callworker_protocol::AudioFormat;
+use callworker_store::StoreError;
 use serde::Deserialize;
 use tracing::info;
 
@@ -46,17 +47,26 @@ fn twiml(body: String) -> Response {
 
 /// TwiML that connects the call to a stream carrying our signed parameters.
 pub fn connect_twiml(state: &AppState, call_id: &CallId, epoch: Epoch) -> Response {
+    twiml(connect_verb(state, call_id, epoch))
+}
+
+/// A whole TwiML document connecting the call to a new stream (for the REST rescue).
+pub fn connect_document(state: &AppState, call_id: &CallId, epoch: Epoch) -> String {
+    format!("<Response>{}</Response>", connect_verb(state, call_id, epoch))
+}
+
+fn connect_verb(state: &AppState, call_id: &CallId, epoch: Epoch) -> String {
     let action = format!("{}/twilio/stream-ended?call_id={}", state.config.server.public_url, call_id);
     let stream_url = state.media_url("/twilio/media");
     let sig = state.tokens.stream_signature(call_id, epoch);
-    twiml(format!(
+    format!(
         "<Connect action=\"{}\"><Stream url=\"{}\"><Parameter name=\"{PARAM_CALL_ID}\" value=\"{}\"/><Parameter name=\"{PARAM_EPOCH}\" value=\"{}\"/><Parameter name=\"{PARAM_SIG}\" value=\"{}\"/></Stream></Connect>",
         xml_escape(&action),
         xml_escape(&stream_url),
         xml_escape(call_id.as_str()),
         epoch,
         xml_escape(&sig),
-    ))
+    )
 }
 
 fn hangup() -> Response {
@@ -85,6 +95,7 @@ pub async fn voice(
         program: state.config.calls.default_program.clone(),
         audio: AudioFormat::TWILIO,
         limits: state.config.calls.limits,
+        recording: state.config.calls.recording,
     };
     let (call, _) = calls::create(&state, spec, "twilio").await?;
     Ok(connect_twiml(&state, &call.id, Epoch::ZERO))
@@ -98,19 +109,35 @@ pub struct StreamEndedQuery {
 
 /// `POST /twilio/stream-ended?call_id=…`: the stream closed; say what Twilio does next.
 ///
-/// An ended call hangs up. A live call whose stream went away cannot be carried on yet
-/// (resuming Twilio calls on another stream arrives with Redis-backed failover), so it is
-/// ended with `rescue_failed` — recorded, never silent — and hung up.
+/// A live call (its worker died, drained or moved it) gets a new `<Connect><Stream>` for the
+/// same call at its current epoch: Twilio opens a stream, the worker that answers takes the
+/// call over and continues from its last checkpoint. An ended or unknown call hangs up.
 pub async fn stream_ended(
     State(state): State<AppState>,
     ApiQuery(q): ApiQuery<StreamEndedQuery>,
-    ApiForm(_form): ApiForm<HashMap<String, String>>,
+    ApiForm(form): ApiForm<HashMap<String, String>>,
 ) -> Result<Response, Error> {
-    let call_id = CallId::parse(&q.call_id).map_err(|_| Error::call_not_found())?;
-    match calls::end_in_store(&state, &call_id, EndReason::RescueFailed).await {
-        Ok(_) => info!(call_id = %call_id, "twilio stream ended with the call live; ended as rescue_failed"),
-        Err(e) if e.kind == ErrorKind::CallEnded => {}
-        Err(e) => return Err(e),
+    let Ok(call_id) = CallId::parse(&q.call_id) else { return Ok(hangup()) };
+    let record = match state.store.get(&call_id).await {
+        Ok(record) => record,
+        Err(StoreError::NotFound) => return Ok(hangup()),
+        Err(e) => return Err(e.into()),
+    };
+    if record.end_reason.is_some() {
+        return Ok(hangup());
     }
-    Ok(hangup())
+    // A request naming another Twilio call than the one this call runs on is refused: only
+    // Twilio, for this very call, may reconnect it.
+    let leg = record
+        .checkpoint
+        .as_ref()
+        .and_then(|c| callworker_call::checkpoint::decode(&c.blob).ok())
+        .and_then(|c| c.twilio);
+    if let (Some(leg), Some(sid)) = (&leg, form.get("CallSid"))
+        && &leg.call_sid != sid
+    {
+        return Err(Error::new(ErrorKind::Forbidden, "call_sid_mismatch", "CallSid does not match the call"));
+    }
+    info!(call_id = %call_id, epoch = %record.epoch, "twilio stream ended with the call live; reconnecting it");
+    Ok(connect_twiml(&state, &call_id, record.epoch))
 }

@@ -28,7 +28,7 @@ use callworker_call::{
     Call, CallId, EndReason, Epoch, Input, Output, Transport, UnixMillis, checkpoint as envelope,
 };
 use callworker_protocol::close;
-use callworker_store::{AttemptId, CallRecord, StoreError};
+use callworker_store::{AttemptId, CallRecord, RecordingChunk, StoreError};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -38,7 +38,7 @@ use crate::error::{Error, ErrorKind};
 use crate::live::Command;
 use crate::metrics as m;
 use crate::state::{AppState, now};
-use checkpoint::{CheckpointWriter, Pending, Written};
+use checkpoint::{CheckpointWriter, Pending, RecordingBuffer, Target, Written};
 use outbound::{ControlPush, OutboundQueue};
 use rate::RateLimiter;
 
@@ -253,6 +253,27 @@ pub async fn attach(
     expected_epoch: Epoch,
     check: impl FnOnce(&Call) -> Result<(), Error>,
 ) -> Result<(Call, Epoch, u64), Error> {
+    let result = take_over(state, record, expected_epoch, check).await;
+    if let Err(e) = &result {
+        let reason = match e.code {
+            "stale_session" => "stale",
+            "call_ended" => "ended",
+            "call_not_found" => "not_found",
+            "version_incompatible" => "version_incompatible",
+            "store_unavailable" => "store_unavailable",
+            other => other,
+        };
+        metrics::counter!(m::TAKEOVERS_REFUSED, "reason" => reason).increment(1);
+    }
+    result
+}
+
+async fn take_over(
+    state: &AppState,
+    record: &CallRecord,
+    expected_epoch: Epoch,
+    check: impl FnOnce(&Call) -> Result<(), Error>,
+) -> Result<(Call, Epoch, u64), Error> {
     if let Some(reason) = record.end_reason {
         return Err(StoreError::Ended { reason }.into());
     }
@@ -293,7 +314,8 @@ fn too_new(found: u16, max: u16) -> Error {
 /// every worker fail on it in turn.
 async fn end_unreadable(state: &AppState, call_id: &CallId, epoch: Epoch, detail: &str) -> Error {
     warn!(call_id = %call_id, epoch = %epoch, detail, "checkpoint unreadable; ending call");
-    match state.store.end(call_id, epoch, EndReason::CheckpointCorrupt, None).await {
+    match state.store.end(call_id, epoch, EndReason::CheckpointCorrupt, None, RecordingChunk::default()).await
+    {
         Ok(_) => {
             metrics::counter!(m::CALLS_ENDED, "reason" => EndReason::CheckpointCorrupt.as_str()).increment(1)
         }
@@ -324,6 +346,8 @@ struct Driver {
     last_inbound: Instant,
     /// Highest inbound sequence number acknowledged to a native client.
     acked_seq: u64,
+    /// Audio recorded since the last submitted checkpoint (it rides with the next one).
+    recording: RecordingBuffer,
     stop: Option<Stop>,
     /// Close frame to send once the last write is durable (see `finish`).
     closing: Option<(u16, String)>,
@@ -339,10 +363,13 @@ impl Driver {
         let label = transport.as_str();
         let call_id = a.call.id.clone();
         let writer = CheckpointWriter::spawn(
-            state.store.clone(),
-            call_id.clone(),
-            a.epoch,
-            state.config.checkpoint.lease,
+            Target {
+                store: state.store.clone(),
+                call_id: call_id.clone(),
+                epoch: a.epoch,
+                lease: state.config.checkpoint.lease,
+            },
+            state.config.resume.recording_pending_bytes_max,
         );
         let (commands_tx, commands) = mpsc::channel(state.config.limits.actor_commands_max);
         let acked_seq = a.call.media.inbound_applied_seq;
@@ -364,6 +391,7 @@ impl Driver {
             last_submit: now_i,
             last_inbound: now_i,
             acked_seq,
+            recording: RecordingBuffer::default(),
             stop: None,
             closing: None,
             frames_in: metrics::counter!(m::FRAMES_IN, "transport" => label),
@@ -379,9 +407,14 @@ impl Driver {
     fn started(mut self, previous_write: Option<UnixMillis>) -> Driver {
         let now = now();
         let resume = self.call.started_at.map(|_| callworker_call::Resume {
-            cause: callworker_call::ResumeCause::WorkerLost,
+            cause: self.call.detach_cause.unwrap_or(callworker_call::ResumeCause::WorkerLost),
             gap_ms: previous_write.map_or(0, |t| now.since(t)),
         });
+        if let Some(r) = resume {
+            metrics::counter!(m::CALLS_RESUMED, "cause" => r.cause.as_str(), "transport" => self.transport.as_str())
+                .increment(1);
+            metrics::histogram!(m::RESUME_GAP_SECONDS).record(r.gap_ms as f64 / 1000.0);
+        }
         self.state.live.register(&self.call_id, self.epoch, self.commands_tx.clone());
         metrics::gauge!(m::CALLS_ACTIVE).increment(1.0);
         metrics::counter!(m::CALLS_ATTACHED, "transport" => self.transport.as_str(), "resumed" => if resume.is_some() { "true" } else { "false" }).increment(1);
@@ -510,6 +543,9 @@ impl Driver {
                 };
                 self.frames_in.increment(1);
                 self.call.handle(now(), Input::Audio { seq, payload: &payload }, &mut self.outputs);
+                if self.call.recording.inbound && self.call.media.inbound_applied_seq == seq {
+                    self.recording.inbound.extend_from_slice(&payload);
+                }
                 self.dirty = true;
                 self.flush_outputs();
                 self.frame_seconds.record(started.elapsed().as_secs_f64());
@@ -593,6 +629,9 @@ impl Driver {
         for output in self.outputs.drain(..) {
             match output {
                 Output::Audio { seq, payload } => {
+                    if self.call.recording.outbound {
+                        self.recording.outbound.extend_from_slice(&payload);
+                    }
                     let msg = match &mut self.wire {
                         Wire::Native(w) => w.audio(self.epoch, seq, &payload),
                         Wire::Twilio(w) => w.audio(&payload),
@@ -645,6 +684,7 @@ impl Driver {
             seq: self.checkpoint_seq,
             inbound_applied_seq: self.call.media.inbound_applied_seq,
             blob: Bytes::from(envelope::encode(&self.call)),
+            recording: std::mem::take(&mut self.recording),
             end,
         }
     }
@@ -693,7 +733,8 @@ impl Driver {
         if self.stop.is_some() {
             return code;
         }
-        self.call.handle(now(), Input::Detached, &mut self.outputs);
+        let cause = (code == close::GOING_AWAY).then_some(callworker_call::ResumeCause::MigratedDrain);
+        self.call.handle(now(), Input::Detached { cause }, &mut self.outputs);
         self.outputs.retain(|o| !matches!(o, Output::Checkpoint | Output::Audio { .. }));
         let ended = self.outputs.iter().find_map(|o| match o {
             Output::End(r) => Some(*r),

@@ -74,7 +74,7 @@ pub async fn handshake(
         .tokens
         .verify(&hello.resume_token, &call_id, &record.tenant, epoch_seen, now())
         .map_err(|e| Error::new(ErrorKind::Unauthorized, "invalid_resume_token", e.to_string()))?;
-    let (call, epoch, checkpoint_seq) = attach(state, &record, epoch_seen, |call| {
+    let (mut call, epoch, checkpoint_seq) = attach(state, &record, epoch_seen, |call| {
         if call.audio == hello.audio {
             Ok(())
         } else {
@@ -86,6 +86,8 @@ pub async fn handshake(
         }
     })
     .await?;
+    // The client knows better than the checkpoint what the caller has heard.
+    call.handle(now(), Input::Played { upto_seq: hello.last_played_server_seq }, &mut Vec::new());
     Ok(Attachment {
         call,
         epoch,

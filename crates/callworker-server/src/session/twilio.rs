@@ -10,7 +10,7 @@ use std::borrow::Cow;
 
 use axum::extract::ws::Message;
 use callworker_call::Transport;
-use callworker_call::{CallId, CallSpec, Direction, EndReason, Epoch, Input};
+use callworker_call::{CallId, CallSpec, Direction, EndReason, Epoch, Input, TwilioLeg};
 use callworker_protocol::AudioFormat;
 use callworker_protocol::twilio::{
     FromTwilio, SequenceTracker, ToTwilio, Track, TwilioError, encode_to_twilio, parse_from_twilio,
@@ -140,12 +140,13 @@ pub async fn handshake(
                 program: state.config.calls.default_program.clone(),
                 audio: AudioFormat::TWILIO,
                 limits: state.config.calls.limits,
+                recording: state.config.calls.recording,
             };
             let (_, record) = calls::create(state, spec, "twilio").await?;
             (record, Epoch::ZERO)
         }
     };
-    let (call, epoch, checkpoint_seq) = attach(state, &record, expected_epoch, |call| {
+    let (mut call, epoch, checkpoint_seq) = attach(state, &record, expected_epoch, |call| {
         if call.audio == AudioFormat::TWILIO {
             Ok(())
         } else {
@@ -157,6 +158,13 @@ pub async fn handshake(
         }
     })
     .await?;
+    // Kept in the call's state so a reaper can redirect this Twilio call (REST rescue) if
+    // this worker hangs with the stream open.
+    call.twilio = Some(TwilioLeg {
+        account_sid: start.account_sid.clone(),
+        call_sid: start.call_sid.clone(),
+        stream_sid: start.stream_sid.clone(),
+    });
     Ok(Attachment {
         call,
         epoch,

@@ -1,0 +1,13 @@
+-- create.lua: stores a new call at epoch 0, status created.
+-- KEYS: call hash, rec:in, rec:out
+-- ARGV: tenant, ckpt_seq, ckpt, live_ttl_ms
+-- Returns {'OK', created} or {'EXISTS', created, status}: the caller repairs the indexes of an
+-- existing call, so that a create retried after a lost reply still leaves the call indexed.
+local now = now_ms()
+local h = redis.call('HMGET', KEYS[1], 'created', 'status')
+if h[2] then return {'EXISTS', tonumber(h[1]), h[2]} end
+redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'status', 'created', 'epoch', 0,
+           'created', ms(now), 'updated', ms(now), 'ckpt_seq', ARGV[2], 'ckpt', ARGV[3],
+           'idx', ms(now))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return {'OK', now}

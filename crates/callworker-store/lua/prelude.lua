@@ -1,0 +1,59 @@
+-- Shared helpers, prepended to every script by redis_store.rs (one file per script on disk,
+-- one self-contained script on the server). Times are Redis `TIME` in milliseconds, written
+-- with '%.0f' so that no value is ever stored in Lua's exponent notation.
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+local function ms(x)
+  return string.format('%.0f', x)
+end
+
+-- Appends `data` to the track at `key`, keeping the track at most `max` bytes; returns true
+-- when audio had to be left out. A track that grows gets the call's TTL.
+local function append_track(key, data, max, ttl_ms)
+  if #data == 0 then return false end
+  local room = max - redis.call('STRLEN', key)
+  if room < 0 then room = 0 end
+  local truncated = false
+  if #data > room then
+    truncated = true
+    data = string.sub(data, 1, room)
+  end
+  if #data > 0 then
+    redis.call('APPEND', key, data)
+    redis.call('PEXPIRE', key, ttl_ms)
+  end
+  return truncated
+end
+
+-- Appends both tracks (KEYS[2], KEYS[3]) and marks the call truncated if either overflowed.
+local function append_recording(inbound, outbound, max, ttl_ms)
+  local a = append_track(KEYS[2], inbound, max, ttl_ms)
+  local b = append_track(KEYS[3], outbound, max, ttl_ms)
+  if a or b then redis.call('HSET', KEYS[1], 'truncated', '1') end
+end
+
+-- Sets the TTL of every key of the call (hash and both recording tracks).
+local function expire_call(ttl_ms)
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
+  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+  redis.call('PEXPIRE', KEYS[3], ttl_ms)
+end
+
+-- Decides whether the lease index must be rewritten after the lease moved to `lease_until`.
+-- `idx` is the score last written to the index. The index may lag behind the lease (an
+-- under-estimate only makes the reaper re-check a live call) but must never be above it,
+-- so a lease that shrank below `idx` is always written. Otherwise it is rewritten only once
+-- it is within a quarter lease of now, i.e. about every 3/4 lease per call. Returns the new
+-- score to write, or 0 for "leave the index alone"; also refreshes the call's TTLs then,
+-- which keeps that work off the per-checkpoint path as well.
+local function refresh_index(idx, lease_until, lease_ms, now, live_ttl_ms)
+  local i = tonumber(idx)
+  if i ~= nil and i <= lease_until and i > now + lease_ms / 4 then return 0 end
+  redis.call('HSET', KEYS[1], 'idx', ms(lease_until))
+  expire_call(live_ttl_ms)
+  return lease_until
+end
+

@@ -1,0 +1,1038 @@
+//! [`RedisStore`]: the [`CallStore`] shared by every worker, on Redis.
+//!
+//! Every write that could race with another worker is one Lua script (`lua/*.lua`, each
+//! prefixed with `lua/prelude.lua`) that checks the epoch and writes atomically, on keys of
+//! one call only, so each script runs on one Redis Cluster slot. Script times come from
+//! Redis `TIME`, so every [`UnixMillis`] this store returns is on the Redis clock.
+//!
+//! # Key layout
+//!
+//! Per call, all with the call's hash tag `{<call_id>}`:
+//! - `<ns>:call:{<id>}`: HASH `tenant`, `status` (`created`|`active`|`ended`), `epoch`,
+//!   `owner`, `attempt`, `lease_until`, `end_reason`, `created`, `updated`, `ckpt_seq`,
+//!   `ckpt` (bytes), `idx` (the score last written to the lease index), `truncated`.
+//! - `<ns>:call:{<id>}:rec:in`, `…:rec:out`: STRING, the recorded tracks (APPEND), each at
+//!   most `recording_track_bytes_max` bytes.
+//!
+//! A live call's keys carry a safety TTL (`live_ttl`, refreshed about every 3/4 lease while
+//! the call is written); an ended call's keys live `ended_retention` more.
+//!
+//! Global indexes, all with the hash tag `{idx}` (one slot):
+//! - `<ns>:{idx}:leases`: ZSET call id → lease score, the reaper's index. The score is never
+//!   above the call's real lease (a lower one is safe: [`CallStore::expired_leases`]
+//!   re-checks every candidate against its hash and corrects or drops stale entries).
+//! - `<ns>:{idx}:calls`: ZSET, every score 0, member `<created ms, 16 digits>:<call id>`,
+//!   so lexicographic order is creation order; list cursors are members. Members whose call
+//!   expired are pruned when [`CallStore::list`] meets them.
+//! - `<ns>:{idx}:workers`: ZSET worker id → lapse time, and `<ns>:{idx}:worker:<id>`: HASH
+//!   `info` (JSON [`WorkerInfo`]), `heartbeat_at`, with the heartbeat's TTL.
+//!
+//! Index updates are separate commands, issued after the script only when it asks for them.
+//!
+//! # Commands per call-second
+//!
+//! A checkpoint is one `EVALSHA`. The lease index is not rewritten on every checkpoint: the
+//! script rewrites the hash's `idx` and asks for one `ZADD` only when the index would fall
+//! within a quarter lease of now (or above a lease that shrank), i.e. about once per 3/4
+//! lease. With a 5 s lease and a checkpoint every 750 ms that is 1.33 + 0.27 ≈ 1.6 commands
+//! per call-second (every 500 ms: 2 + 0.27); `tests/redis_contract.rs` measures the cost
+//! per checkpoint with `INFO commandstats`.
+//!
+//! # Failures
+//!
+//! A timeout or an I/O error is [`StoreError::Unavailable`]: an *unknown outcome*, since the
+//! write may have been applied. Every script is idempotent on retry (checkpoint by `seq`,
+//! attach by [`AttemptId`], end and expire by epoch), so the caller retries as it is. Redis
+//! refusing a write for memory (`OOM`, with `maxmemory-policy noeviction`) is
+//! [`StoreError::Full`]. The [`ConnectionManager`] reconnects in the background after a
+//! dropped connection; the store itself is never rebuilt.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use callworker_call::{CallId, EndReason, Epoch, TenantId, UnixMillis, WorkerId};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{RedisError, Script, ScriptInvocation, Value};
+use tracing::warn;
+
+use crate::memory::RECORDING_TRACK_BYTES_MAX;
+use crate::{
+    Attached, AttemptId, CallRecord, CallStore, Checkpoint, CheckpointAck, ExpireAction, LIST_LIMIT_MAX,
+    LeaseObservation, ListPage, ListQuery, NewCall, RecordStatus, Recording, RecordingChunk, StoreError,
+    WorkerInfo,
+};
+
+/// Default bound on an ordinary write or read (the redis crate's own default).
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(500);
+/// Default bound on a takeover or a reap: rarer, and worth waiting for through a short stall.
+pub const DEFAULT_TAKEOVER_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time an ended call (and its recording) stays readable.
+pub const DEFAULT_ENDED_RETENTION: Duration = Duration::from_secs(3600);
+/// Default safety TTL of a live call's keys, refreshed by its writes.
+pub const DEFAULT_LIVE_TTL: Duration = Duration::from_secs(6 * 3600);
+/// Default key prefix.
+pub const DEFAULT_NAMESPACE: &str = "cw";
+
+/// Index members a [`CallStore::list`] call examines at most. A filter that matches
+/// nothing in that many calls answers a page without records but with a cursor, so that a
+/// request's work stays bounded however large the index is.
+pub const LIST_SCAN_MAX: usize = 10_000;
+/// Index members read per round trip while listing.
+const LIST_BATCH: usize = 128;
+/// Rounds of scan → re-check → correct that one [`CallStore::expired_leases`] runs at most.
+const EXPIRED_ROUNDS_MAX: usize = 4;
+/// Workers [`CallStore::workers`] returns at most.
+pub const WORKERS_MAX: usize = 10_000;
+
+const PRELUDE: &str = include_str!("../lua/prelude.lua");
+
+/// How to reach Redis and how long to keep things there.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisStoreOptions {
+    /// `redis://[user:password@]host:port[/db]`.
+    pub url: String,
+    /// Prefix of every key, so several deployments can share a Redis.
+    pub namespace: String,
+    /// Bound on checkpoints, renewals, ends and reads. Past it the answer is
+    /// [`StoreError::Unavailable`] (unknown outcome; the write may still apply).
+    pub response_timeout: Duration,
+    /// Bound on attach (takeover), the reaper's calls and `connect`.
+    pub takeover_timeout: Duration,
+    /// How long an ended call and its recording stay.
+    pub ended_retention: Duration,
+    /// Safety TTL on a live call's keys (refreshed by its writes), so a call that nobody
+    /// ends and the reaper never sees does not stay forever.
+    pub live_ttl: Duration,
+    /// Most bytes recorded per track per call; beyond it audio is left out and the
+    /// recording marked truncated.
+    pub recording_track_bytes_max: usize,
+}
+
+impl Default for RedisStoreOptions {
+    fn default() -> RedisStoreOptions {
+        RedisStoreOptions {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            namespace: DEFAULT_NAMESPACE.to_owned(),
+            response_timeout: DEFAULT_RESPONSE_TIMEOUT,
+            takeover_timeout: DEFAULT_TAKEOVER_TIMEOUT,
+            ended_retention: DEFAULT_ENDED_RETENTION,
+            live_ttl: DEFAULT_LIVE_TTL,
+            recording_track_bytes_max: RECORDING_TRACK_BYTES_MAX,
+        }
+    }
+}
+
+impl RedisStoreOptions {
+    /// The defaults, at `url`.
+    pub fn with_url(url: &str) -> RedisStoreOptions {
+        RedisStoreOptions { url: url.to_owned(), ..RedisStoreOptions::default() }
+    }
+}
+
+impl fmt::Debug for RedisStoreOptions {
+    /// Leaves the URL out: it may carry a password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreOptions")
+            .field("namespace", &self.namespace)
+            .field("response_timeout", &self.response_timeout)
+            .field("takeover_timeout", &self.takeover_timeout)
+            .field("ended_retention", &self.ended_retention)
+            .field("live_ttl", &self.live_ttl)
+            .field("recording_track_bytes_max", &self.recording_track_bytes_max)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The scripts, each prelude + body, sent by `EVALSHA` (loaded again on `NOSCRIPT`).
+struct Scripts {
+    create: Script,
+    attach: Script,
+    checkpoint: Script,
+    renew: Script,
+    end: Script,
+    expire: Script,
+    scan_leases: Script,
+    heartbeat: Script,
+    workers: Script,
+}
+
+impl Scripts {
+    fn load() -> Scripts {
+        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        Scripts {
+            create: with_prelude(include_str!("../lua/create.lua")),
+            attach: with_prelude(include_str!("../lua/attach.lua")),
+            checkpoint: with_prelude(include_str!("../lua/checkpoint.lua")),
+            renew: with_prelude(include_str!("../lua/renew.lua")),
+            end: with_prelude(include_str!("../lua/end.lua")),
+            expire: with_prelude(include_str!("../lua/expire.lua")),
+            scan_leases: with_prelude(include_str!("../lua/scan_leases.lua")),
+            heartbeat: with_prelude(include_str!("../lua/heartbeat.lua")),
+            workers: with_prelude(include_str!("../lua/workers.lua")),
+        }
+    }
+}
+
+/// Key names (see the module docs).
+#[derive(Debug, Clone)]
+struct Keys {
+    namespace: String,
+    leases: String,
+    calls: String,
+    workers: String,
+}
+
+impl Keys {
+    fn new(namespace: &str) -> Keys {
+        Keys {
+            namespace: namespace.to_owned(),
+            leases: format!("{namespace}:{{idx}}:leases"),
+            calls: format!("{namespace}:{{idx}}:calls"),
+            workers: format!("{namespace}:{{idx}}:workers"),
+        }
+    }
+
+    fn call(&self, id: &CallId) -> String {
+        format!("{}:call:{{{id}}}", self.namespace)
+    }
+
+    /// The call hash and its two recording tracks: `KEYS[1..3]` of every call script.
+    fn call_keys(&self, id: &CallId) -> [String; 3] {
+        let call = self.call(id);
+        let rec_in = format!("{call}:rec:in");
+        let rec_out = format!("{call}:rec:out");
+        [call, rec_in, rec_out]
+    }
+
+    fn worker(&self, id: &str) -> String {
+        format!("{}:{{idx}}:worker:{id}", self.namespace)
+    }
+}
+
+/// The member of the calls index: lexicographic order is creation order.
+fn calls_member(created_ms: u64, id: &CallId) -> String {
+    format!("{created_ms:016}:{id}")
+}
+
+/// The call id of a calls-index member (also a list cursor), if it is one.
+fn parse_calls_member(member: &str) -> Option<CallId> {
+    let (created, id) = member.split_once(':')?;
+    if created.len() != 16 || !created.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    CallId::parse(id).ok()
+}
+
+/// A [`CallStore`] on one Redis server (see the module docs).
+#[derive(Clone)]
+pub struct RedisStore {
+    /// One multiplexed connection for every call of the worker (clones share it), so
+    /// concurrent calls' commands are pipelined on one socket.
+    conn: ConnectionManager,
+    keys: Keys,
+    options: RedisStoreOptions,
+    scripts: std::sync::Arc<Scripts>,
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore").field("options", &self.options).finish_non_exhaustive()
+    }
+}
+
+/// Maps a redis error: out of memory is `Full`, anything else is `Unavailable`.
+fn store_error(e: RedisError) -> StoreError {
+    let text = e.to_string();
+    if e.code() == Some("OOM") || text.contains("OOM command not allowed") {
+        // Redis does not say how many calls it holds; 0 stands for "unknown".
+        return StoreError::Full(0);
+    }
+    StoreError::Unavailable(format!("redis: {text}"))
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn unexpected(what: &str, reply: &impl fmt::Debug) -> StoreError {
+    StoreError::Unavailable(format!("unexpected reply from redis to {what}: {reply:?}"))
+}
+
+fn value_i64(v: &Value) -> Option<i64> {
+    match v {
+        Value::Int(i) => Some(*i),
+        Value::BulkString(b) => std::str::from_utf8(b).ok()?.parse().ok(),
+        Value::SimpleString(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn value_string(v: &Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
+        Value::SimpleString(s) => Some(s.clone()),
+        Value::Okay => Some("OK".to_owned()),
+        _ => None,
+    }
+}
+
+/// A script's reply: `{tag, values…}`.
+struct Reply {
+    what: &'static str,
+    items: Vec<Value>,
+}
+
+impl Reply {
+    fn new(what: &'static str, value: Value) -> Result<Reply, StoreError> {
+        match value {
+            Value::Array(items) if !items.is_empty() => Ok(Reply { what, items }),
+            other => Err(unexpected(what, &other)),
+        }
+    }
+
+    fn tag(&self) -> String {
+        self.items.first().and_then(value_string).unwrap_or_default()
+    }
+
+    fn int(&self, i: usize) -> Result<i64, StoreError> {
+        self.items.get(i).and_then(value_i64).ok_or_else(|| unexpected(self.what, &self.items))
+    }
+
+    fn u64(&self, i: usize) -> Result<u64, StoreError> {
+        u64::try_from(self.int(i)?).map_err(|_| unexpected(self.what, &self.items))
+    }
+
+    /// The refusals every call script shares: `NOTFOUND`, `ENDED`, `FENCED`, `STALE`.
+    fn refusal(&self) -> StoreError {
+        match self.tag().as_str() {
+            "NOTFOUND" => StoreError::NotFound,
+            "ENDED" => {
+                // An ended call always stores its reason; the fallback is never used.
+                let reason = self
+                    .items
+                    .get(1)
+                    .and_then(value_string)
+                    .and_then(|r| EndReason::parse(&r))
+                    .unwrap_or(EndReason::InternalError);
+                StoreError::Ended { reason }
+            }
+            "FENCED" => match self.u64(1) {
+                Ok(current) => StoreError::Fenced { current: Epoch(current) },
+                Err(e) => e,
+            },
+            "STALE" => match self.u64(1) {
+                Ok(current) => StoreError::Stale { current: Epoch(current) },
+                Err(e) => e,
+            },
+            _ => unexpected(self.what, &self.items),
+        }
+    }
+}
+
+/// A flat `field, value, …` array (HGETALL inside a script) as a map.
+fn fields_from_flat(value: Value) -> Option<HashMap<String, Vec<u8>>> {
+    let Value::Array(items) = value else { return None };
+    let mut fields = HashMap::with_capacity(items.len() / 2);
+    let mut it = items.into_iter();
+    while let (Some(k), Some(v)) = (it.next(), it.next()) {
+        let key = value_string(&k)?;
+        let Value::BulkString(bytes) = v else { return None };
+        fields.insert(key, bytes);
+    }
+    Some(fields)
+}
+
+fn corrupt(id: &CallId, field: &str) -> StoreError {
+    StoreError::Unavailable(format!("call {id}: stored field {field:?} is missing or malformed"))
+}
+
+fn field_str<'a>(fields: &'a HashMap<String, Vec<u8>>, name: &str) -> Option<&'a str> {
+    fields.get(name).and_then(|b| std::str::from_utf8(b).ok()).filter(|s| !s.is_empty())
+}
+
+fn field_u64(fields: &HashMap<String, Vec<u8>>, name: &str) -> Option<u64> {
+    field_str(fields, name).and_then(|s| s.parse().ok())
+}
+
+fn parse_status(s: &str) -> Option<RecordStatus> {
+    match s {
+        "created" => Some(RecordStatus::Created),
+        "active" => Some(RecordStatus::Active),
+        "ended" => Some(RecordStatus::Ended),
+        _ => None,
+    }
+}
+
+/// A call record from its hash fields.
+fn record_from_fields(id: &CallId, mut fields: HashMap<String, Vec<u8>>) -> Result<CallRecord, StoreError> {
+    let tenant = field_str(&fields, "tenant")
+        .and_then(|t| TenantId::parse(t).ok())
+        .ok_or_else(|| corrupt(id, "tenant"))?;
+    let status = field_str(&fields, "status").and_then(parse_status).ok_or_else(|| corrupt(id, "status"))?;
+    let epoch = field_u64(&fields, "epoch").ok_or_else(|| corrupt(id, "epoch"))?;
+    let owner = match field_str(&fields, "owner") {
+        Some(o) => Some(WorkerId::parse(o).map_err(|_| corrupt(id, "owner"))?),
+        None => None,
+    };
+    let lease_until = field_u64(&fields, "lease_until").map(UnixMillis);
+    let end_reason = match field_str(&fields, "end_reason") {
+        Some(r) => Some(EndReason::parse(r).ok_or_else(|| corrupt(id, "end_reason"))?),
+        None => None,
+    };
+    let created_at = field_u64(&fields, "created").map(UnixMillis).ok_or_else(|| corrupt(id, "created"))?;
+    let updated_at = field_u64(&fields, "updated").map(UnixMillis).ok_or_else(|| corrupt(id, "updated"))?;
+    let checkpoint = field_u64(&fields, "ckpt_seq")
+        .map(|seq| Checkpoint { seq, blob: Bytes::from(fields.remove("ckpt").unwrap_or_default()) });
+    Ok(CallRecord {
+        call_id: id.clone(),
+        tenant,
+        status,
+        epoch: Epoch(epoch),
+        owner,
+        lease_until,
+        end_reason,
+        created_at,
+        updated_at,
+        checkpoint,
+    })
+}
+
+impl RedisStore {
+    /// Connects (failing fast with [`StoreError::Unavailable`] if Redis does not answer a
+    /// `PING` within `takeover_timeout`) and returns the store.
+    pub async fn connect(options: RedisStoreOptions) -> Result<RedisStore, StoreError> {
+        if options.namespace.is_empty() || options.namespace.contains(['{', '}']) {
+            return Err(StoreError::Invalid("namespace must be non-empty and free of '{' and '}'".into()));
+        }
+        for (name, d) in [
+            ("response_timeout", options.response_timeout),
+            ("takeover_timeout", options.takeover_timeout),
+            ("ended_retention", options.ended_retention),
+            ("live_ttl", options.live_ttl),
+        ] {
+            if millis(d) == 0 {
+                return Err(StoreError::Invalid(format!("{name} must be at least 1 ms")));
+            }
+        }
+        let client = redis::Client::open(options.url.as_str())
+            .map_err(|e| StoreError::Invalid(format!("redis url: {e}")))?;
+        // The crate's own response timeout is only a backstop (each operation is bounded by
+        // ours); reconnects back off from 50 ms to at most 1 s so a restarted Redis is
+        // found again quickly.
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(options.takeover_timeout))
+            .set_connection_timeout(Some(options.takeover_timeout))
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_secs(1))
+            .set_number_of_retries(6);
+        let limit = options.takeover_timeout;
+        let conn = match tokio::time::timeout(limit, ConnectionManager::new_with_config(client, config)).await
+        {
+            Ok(conn) => conn.map_err(store_error)?,
+            Err(_) => return Err(StoreError::Unavailable(format!("redis: no connection within {limit:?}"))),
+        };
+        let store = RedisStore {
+            conn,
+            keys: Keys::new(&options.namespace),
+            options,
+            scripts: std::sync::Arc::new(Scripts::load()),
+        };
+        store.ping().await?;
+        Ok(store)
+    }
+
+    /// Whether Redis answers, within the response timeout (for readiness checks).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(self.options.response_timeout, async move {
+            let pong: String = redis::cmd("PING").query_async(&mut conn).await.map_err(store_error)?;
+            if pong == "PONG" { Ok(()) } else { Err(unexpected("PING", &pong)) }
+        })
+        .await
+    }
+
+    pub fn options(&self) -> &RedisStoreOptions {
+        &self.options
+    }
+
+    /// The keys one call occupies: its hash and its two recording tracks.
+    pub fn call_keys(&self, call_id: &CallId) -> [String; 3] {
+        self.keys.call_keys(call_id)
+    }
+
+    /// The global index keys: leases, calls, workers.
+    pub fn index_keys(&self) -> [String; 3] {
+        [self.keys.leases.clone(), self.keys.calls.clone(), self.keys.workers.clone()]
+    }
+
+    /// Runs `fut` within `limit`; past it the outcome is unknown.
+    async fn bounded<T>(
+        &self,
+        limit: Duration,
+        fut: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(limit, fut).await {
+            Ok(result) => result,
+            Err(_) => Err(StoreError::Unavailable(format!("redis did not answer within {limit:?}"))),
+        }
+    }
+
+    /// Runs a prepared script within `limit`.
+    async fn run(
+        &self,
+        what: &'static str,
+        invocation: ScriptInvocation<'_>,
+        limit: Duration,
+    ) -> Result<Reply, StoreError> {
+        let mut conn = self.conn.clone();
+        let value = self
+            .bounded(limit, async { invocation.invoke_async::<Value>(&mut conn).await.map_err(store_error) })
+            .await?;
+        Reply::new(what, value)
+    }
+
+    /// A call script's invocation with the call's three keys.
+    fn invocation<'a>(&self, script: &'a Script, call_id: &CallId) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        for key in self.keys.call_keys(call_id) {
+            invocation.key(key);
+        }
+        invocation
+    }
+
+    /// Writes a call's lease-index score when a script asked for it (`score > 0`). Best
+    /// effort: a failed write leaves the index below the lease, which is safe (the reaper
+    /// re-checks and corrects it).
+    async fn index_lease(&self, call_id: &CallId, score: i64) {
+        if score <= 0 {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let zadd = redis::cmd("ZADD").arg(&self.keys.leases).arg(score).arg(call_id.as_str()).clone();
+        let result = self
+            .bounded(self.options.response_timeout, async {
+                zadd.query_async::<i64>(&mut conn).await.map_err(store_error)
+            })
+            .await;
+        if let Err(e) = result {
+            warn!(call_id = %call_id, error = %e, "lease index update failed; the reaper will correct it");
+        }
+    }
+
+    /// Drops a call from the lease index (it ended or is gone). Best effort: an ended call
+    /// left in the index is dropped by the next reaper pass that meets it.
+    async fn unindex_lease(&self, call_id: &CallId) {
+        let mut conn = self.conn.clone();
+        let zrem = redis::cmd("ZREM").arg(&self.keys.leases).arg(call_id.as_str()).clone();
+        let result = self
+            .bounded(self.options.response_timeout, async {
+                zrem.query_async::<i64>(&mut conn).await.map_err(store_error)
+            })
+            .await;
+        if let Err(e) = result {
+            warn!(call_id = %call_id, error = %e, "lease index removal failed; the reaper will drop it");
+        }
+    }
+
+    /// Re-checks reaper candidates against their hashes: returns the live overdue ones and
+    /// corrects (`ZADD` the real lease) or drops (`ZREM`) the others.
+    async fn recheck_candidates(
+        &self,
+        ids: &[CallId],
+        now: u64,
+        overdue_ms: u64,
+    ) -> Result<Vec<LeaseObservation>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let mut read = redis::pipe();
+        for id in ids {
+            read.cmd("HMGET").arg(self.keys.call(id)).arg(&["status", "epoch", "lease_until", "created"]);
+        }
+        type Fields = (Option<String>, Option<u64>, Option<u64>, Option<u64>);
+        let rows: Vec<Fields> = read.query_async(&mut conn).await.map_err(store_error)?;
+        let mut fix = redis::pipe();
+        let mut fixes = 0;
+        let mut found = Vec::new();
+        for (id, (status, epoch, lease_until, created)) in ids.iter().zip(rows) {
+            let status = status.as_deref().and_then(parse_status);
+            let (Some(status), Some(epoch), Some(lease)) = (status, epoch, lease_until.or(created)) else {
+                // Gone (expired) or unreadable: nothing to reap.
+                fix.cmd("ZREM").arg(&self.keys.leases).arg(id.as_str()).ignore();
+                fixes += 1;
+                continue;
+            };
+            if status == RecordStatus::Ended {
+                fix.cmd("ZREM").arg(&self.keys.leases).arg(id.as_str()).ignore();
+                fixes += 1;
+            } else if lease.saturating_add(overdue_ms) <= now {
+                found.push(LeaseObservation {
+                    call_id: id.clone(),
+                    epoch: Epoch(epoch),
+                    status,
+                    lease_until: UnixMillis(lease),
+                    observed_at: UnixMillis(now),
+                });
+            } else {
+                // Live: the index lagged behind the lease. Raise it to the real lease, which
+                // is safe even if the lease moves again meanwhile (it only moves later,
+                // unless an owner shrinks it, and then its own script rewrites the index).
+                fix.cmd("ZADD").arg(&self.keys.leases).arg(lease).arg(id.as_str()).ignore();
+                fixes += 1;
+            }
+        }
+        if fixes > 0 {
+            fix.query_async::<()>(&mut conn).await.map_err(store_error)?;
+        }
+        Ok(found)
+    }
+}
+
+#[async_trait]
+impl CallStore for RedisStore {
+    async fn create(&self, call: NewCall) -> Result<(), StoreError> {
+        let id = call.call_id;
+        let mut invocation = self.invocation(&self.scripts.create, &id);
+        invocation
+            .arg(call.tenant.as_str())
+            .arg(call.checkpoint.seq)
+            .arg(&call.checkpoint.blob[..])
+            .arg(millis(self.options.live_ttl));
+        let reply = self.run("create", invocation, self.options.response_timeout).await?;
+        let (created, status) = match reply.tag().as_str() {
+            "OK" => (reply.u64(1)?, RecordStatus::Created),
+            "EXISTS" => {
+                let status = reply.items.get(2).and_then(value_string);
+                (reply.u64(1)?, status.as_deref().and_then(parse_status).unwrap_or(RecordStatus::Ended))
+            }
+            _ => return Err(reply.refusal()),
+        };
+        // Index the call; for an existing call this repairs the indexes a create whose reply
+        // was lost may have left out (NX: never move an existing entry).
+        let mut conn = self.conn.clone();
+        let mut index = redis::pipe();
+        index.cmd("ZADD").arg(&self.keys.calls).arg("NX").arg(0).arg(calls_member(created, &id)).ignore();
+        if status != RecordStatus::Ended {
+            index.cmd("ZADD").arg(&self.keys.leases).arg("NX").arg(created).arg(id.as_str()).ignore();
+        }
+        let indexed = self
+            .bounded(self.options.response_timeout, async {
+                index.query_async::<()>(&mut conn).await.map_err(store_error)
+            })
+            .await;
+        match (reply.tag().as_str(), indexed) {
+            ("EXISTS", _) => Err(StoreError::AlreadyExists),
+            // Stored but maybe not indexed: an unknown outcome, like a timeout. The retry
+            // answers AlreadyExists and repairs the indexes.
+            (_, Err(e)) => Err(e),
+            (_, Ok(())) => Ok(()),
+        }
+    }
+
+    async fn attach(
+        &self,
+        call_id: &CallId,
+        attempt: &AttemptId,
+        owner: &WorkerId,
+        expected_epoch: Epoch,
+        lease: Duration,
+    ) -> Result<Attached, StoreError> {
+        let mut invocation = self.invocation(&self.scripts.attach, call_id);
+        invocation
+            .arg(attempt.0.as_str())
+            .arg(expected_epoch.0)
+            .arg(owner.as_str())
+            .arg(millis(lease))
+            .arg(millis(self.options.live_ttl));
+        let reply = self.run("attach", invocation, self.options.takeover_timeout).await?;
+        if reply.tag() != "OK" {
+            return Err(reply.refusal());
+        }
+        let epoch = Epoch(reply.u64(1)?);
+        let score = reply.int(2)?;
+        let fields = reply.items.get(3).cloned().and_then(fields_from_flat);
+        let record = record_from_fields(call_id, fields.ok_or_else(|| unexpected("attach", &reply.items))?)?;
+        self.index_lease(call_id, score).await;
+        Ok(Attached { epoch, record })
+    }
+
+    async fn checkpoint(
+        &self,
+        call_id: &CallId,
+        epoch: Epoch,
+        checkpoint: Checkpoint,
+        recording: RecordingChunk,
+        lease: Duration,
+    ) -> Result<CheckpointAck, StoreError> {
+        let mut invocation = self.invocation(&self.scripts.checkpoint, call_id);
+        invocation
+            .arg(epoch.0)
+            .arg(checkpoint.seq)
+            .arg(&checkpoint.blob[..])
+            .arg(millis(lease))
+            .arg(millis(self.options.live_ttl))
+            .arg(self.options.recording_track_bytes_max)
+            .arg(&recording.inbound[..])
+            .arg(&recording.outbound[..]);
+        let reply = self.run("checkpoint", invocation, self.options.response_timeout).await?;
+        let ack = match reply.tag().as_str() {
+            "OK" => CheckpointAck::Applied,
+            "DUP" => CheckpointAck::Duplicate { stored_seq: reply.u64(1)? },
+            _ => return Err(reply.refusal()),
+        };
+        self.index_lease(call_id, reply.int(2)?).await;
+        Ok(ack)
+    }
+
+    async fn renew(&self, call_id: &CallId, epoch: Epoch, lease: Duration) -> Result<(), StoreError> {
+        let mut invocation = self.invocation(&self.scripts.renew, call_id);
+        invocation.arg(epoch.0).arg(millis(lease)).arg(millis(self.options.live_ttl));
+        let reply = self.run("renew", invocation, self.options.response_timeout).await?;
+        if reply.tag() != "OK" {
+            return Err(reply.refusal());
+        }
+        self.index_lease(call_id, reply.int(1)?).await;
+        Ok(())
+    }
+
+    async fn end(
+        &self,
+        call_id: &CallId,
+        epoch: Epoch,
+        reason: EndReason,
+        final_checkpoint: Option<Checkpoint>,
+        recording: RecordingChunk,
+    ) -> Result<Epoch, StoreError> {
+        let (has_final, seq, blob) = match &final_checkpoint {
+            Some(c) => ("1", c.seq, &c.blob[..]),
+            None => ("0", 0, &[][..]),
+        };
+        let mut invocation = self.invocation(&self.scripts.end, call_id);
+        invocation
+            .arg(epoch.0)
+            .arg(reason.as_str())
+            .arg(has_final)
+            .arg(seq)
+            .arg(blob)
+            .arg(millis(self.options.ended_retention))
+            .arg(self.options.recording_track_bytes_max)
+            .arg(&recording.inbound[..])
+            .arg(&recording.outbound[..]);
+        let reply = self.run("end", invocation, self.options.response_timeout).await?;
+        match reply.tag().as_str() {
+            "OK" => {
+                let ended = Epoch(reply.u64(1)?);
+                self.unindex_lease(call_id).await;
+                Ok(ended)
+            }
+            tag => {
+                if tag == "ENDED" {
+                    // Maybe our own end whose reply was lost: finish its index removal.
+                    self.unindex_lease(call_id).await;
+                }
+                Err(reply.refusal())
+            }
+        }
+    }
+
+    async fn get(&self, call_id: &CallId) -> Result<CallRecord, StoreError> {
+        let mut conn = self.conn.clone();
+        let key = self.keys.call(call_id);
+        let fields: HashMap<String, Vec<u8>> = self
+            .bounded(self.options.response_timeout, async {
+                redis::cmd("HGETALL").arg(&key).query_async(&mut conn).await.map_err(store_error)
+            })
+            .await?;
+        if fields.is_empty() {
+            return Err(StoreError::NotFound);
+        }
+        record_from_fields(call_id, fields)
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError> {
+        if !(1..=LIST_LIMIT_MAX).contains(&query.limit) {
+            return Err(StoreError::Invalid(format!(
+                "limit {} is outside 1..={LIST_LIMIT_MAX}",
+                query.limit
+            )));
+        }
+        let mut start = match &query.cursor {
+            Some(cursor) => {
+                parse_calls_member(cursor)
+                    .ok_or_else(|| StoreError::Invalid("malformed list cursor".into()))?;
+                format!("({cursor}")
+            }
+            None => "-".to_owned(),
+        };
+        let mut conn = self.conn.clone();
+        self.bounded(self.options.response_timeout, async move {
+            let mut records = Vec::with_capacity(query.limit.min(64));
+            let mut last_member: Option<String> = None;
+            let mut scanned = 0;
+            let mut gone = Vec::new();
+            let next_cursor = 'scan: loop {
+                let members: Vec<String> = redis::cmd("ZRANGE")
+                    .arg(&self.keys.calls)
+                    .arg(&start)
+                    .arg("+")
+                    .arg("BYLEX")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(LIST_BATCH)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(store_error)?;
+                let Some(last) = members.last() else { break None };
+                start = format!("({last}");
+                let ids: Vec<Option<CallId>> = members.iter().map(|m| parse_calls_member(m)).collect();
+                let mut read = redis::pipe();
+                for id in &ids {
+                    // A foreign member reads an empty hash and is pruned like an expired call.
+                    let key = id.as_ref().map(|id| self.keys.call(id)).unwrap_or_default();
+                    read.cmd("HGETALL").arg(key);
+                }
+                let rows: Vec<HashMap<String, Vec<u8>>> =
+                    read.query_async(&mut conn).await.map_err(store_error)?;
+                for ((member, id), fields) in members.iter().zip(ids).zip(rows) {
+                    let Some(id) = id.filter(|_| !fields.is_empty()) else {
+                        gone.push(member.clone());
+                        continue;
+                    };
+                    let record = record_from_fields(&id, fields)?;
+                    let matches = query.tenant.as_ref().is_none_or(|t| &record.tenant == t)
+                        && query.status.is_none_or(|s| record.status == s);
+                    if !matches {
+                        continue;
+                    }
+                    if records.len() == query.limit {
+                        // Another match exists: the page ends at the last record returned.
+                        break 'scan last_member;
+                    }
+                    records.push(record);
+                    last_member = Some(member.clone());
+                }
+                scanned += members.len();
+                if members.len() < LIST_BATCH {
+                    break None;
+                }
+                if scanned >= LIST_SCAN_MAX {
+                    // Bounded work per request: resume from the last member examined.
+                    break Some(start.trim_start_matches('(').to_owned());
+                }
+            };
+            if !gone.is_empty() {
+                redis::cmd("ZREM")
+                    .arg(&self.keys.calls)
+                    .arg(&gone)
+                    .query_async::<i64>(&mut conn)
+                    .await
+                    .map_err(store_error)?;
+            }
+            Ok(ListPage { records, next_cursor })
+        })
+        .await
+    }
+
+    async fn recording(&self, call_id: &CallId) -> Result<Recording, StoreError> {
+        let [call, rec_in, rec_out] = self.keys.call_keys(call_id);
+        let mut conn = self.conn.clone();
+        let mut read = redis::pipe();
+        read.cmd("EXISTS").arg(&call).cmd("HGET").arg(&call).arg("truncated").cmd("GET").arg(&rec_in);
+        read.cmd("GET").arg(&rec_out);
+        type Row = (i64, Option<String>, Option<Vec<u8>>, Option<Vec<u8>>);
+        let (exists, truncated, inbound, outbound): Row = self
+            .bounded(self.options.response_timeout, async {
+                read.query_async(&mut conn).await.map_err(store_error)
+            })
+            .await?;
+        if exists == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(Recording {
+            inbound: Bytes::from(inbound.unwrap_or_default()),
+            outbound: Bytes::from(outbound.unwrap_or_default()),
+            truncated: truncated.as_deref() == Some("1"),
+        })
+    }
+
+    async fn expired_leases(
+        &self,
+        overdue: Duration,
+        limit: usize,
+    ) -> Result<Vec<LeaseObservation>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let overdue_ms = millis(overdue);
+        self.bounded(self.options.takeover_timeout, async {
+            let mut found: Vec<LeaseObservation> = Vec::new();
+            for _ in 0..EXPIRED_ROUNDS_MAX {
+                // Candidates already returned stay in the index; skip past them. Corrected
+                // and dropped ones have left the range.
+                let want = limit - found.len();
+                let mut invocation = self.scripts.scan_leases.prepare_invoke();
+                invocation.key(&self.keys.leases).arg(overdue_ms).arg(found.len()).arg(want);
+                let mut conn = self.conn.clone();
+                let value: Value = invocation.invoke_async(&mut conn).await.map_err(store_error)?;
+                let reply = Reply::new("scan_leases", value)?;
+                let now = reply.u64(0)?;
+                let Some(Value::Array(pairs)) = reply.items.get(1) else {
+                    return Err(unexpected("scan_leases", &reply.items));
+                };
+                let members: Vec<String> = pairs.iter().step_by(2).filter_map(value_string).collect();
+                let mut ids = Vec::with_capacity(members.len());
+                let mut foreign = Vec::new();
+                for member in &members {
+                    match CallId::parse(member) {
+                        Ok(id) => ids.push(id),
+                        Err(_) => foreign.push(member.clone()),
+                    }
+                }
+                if !foreign.is_empty() {
+                    redis::cmd("ZREM")
+                        .arg(&self.keys.leases)
+                        .arg(&foreign)
+                        .query_async::<i64>(&mut conn)
+                        .await
+                        .map_err(store_error)?;
+                }
+                found.extend(self.recheck_candidates(&ids, now, overdue_ms).await?);
+                if members.len() < want || found.len() >= limit {
+                    break;
+                }
+            }
+            found.sort_by(|a, b| a.lease_until.cmp(&b.lease_until).then_with(|| a.call_id.cmp(&b.call_id)));
+            found.truncate(limit);
+            Ok(found)
+        })
+        .await
+    }
+
+    async fn expire(&self, observed: &LeaseObservation, action: ExpireAction) -> Result<Epoch, StoreError> {
+        let call_id = &observed.call_id;
+        let (kind, reason, extend_ms) = match action {
+            ExpireAction::End(reason) => ("end", reason.as_str(), 0),
+            ExpireAction::Extend(by) => ("extend", "", millis(by)),
+        };
+        let mut invocation = self.invocation(&self.scripts.expire, call_id);
+        invocation
+            .arg(observed.epoch.0)
+            .arg(observed.lease_until.0)
+            .arg(kind)
+            .arg(reason)
+            .arg(extend_ms)
+            .arg(millis(self.options.ended_retention))
+            .arg(millis(self.options.live_ttl));
+        let reply = self.run("expire", invocation, self.options.takeover_timeout).await?;
+        match reply.tag().as_str() {
+            "OK" => {
+                let epoch = Epoch(reply.u64(1)?);
+                match reply.int(2)? {
+                    0 => self.unindex_lease(call_id).await,
+                    lease_until => self.index_lease(call_id, lease_until).await,
+                }
+                Ok(epoch)
+            }
+            tag => {
+                if tag == "ENDED" || tag == "NOTFOUND" {
+                    self.unindex_lease(call_id).await;
+                }
+                Err(reply.refusal())
+            }
+        }
+    }
+
+    async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
+        let info = serde_json::to_string(worker)
+            .map_err(|e| StoreError::Invalid(format!("worker info does not encode: {e}")))?;
+        let mut invocation = self.scripts.heartbeat.prepare_invoke();
+        invocation
+            .key(&self.keys.workers)
+            .key(self.keys.worker(worker.worker_id.as_str()))
+            .arg(worker.worker_id.as_str())
+            .arg(info)
+            .arg(millis(ttl).max(1));
+        let mut conn = self.conn.clone();
+        self.bounded(self.options.response_timeout, async {
+            invocation.invoke_async::<i64>(&mut conn).await.map_err(store_error)
+        })
+        .await?;
+        Ok(())
+    }
+
+    async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(self.options.response_timeout, async {
+            let mut invocation = self.scripts.workers.prepare_invoke();
+            invocation.key(&self.keys.workers).arg(WORKERS_MAX);
+            let ids: Vec<String> = invocation.invoke_async(&mut conn).await.map_err(store_error)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let mut read = redis::pipe();
+            for id in &ids {
+                read.cmd("HMGET").arg(self.keys.worker(id)).arg(&["info", "heartbeat_at"]);
+            }
+            let rows: Vec<(Option<String>, Option<u64>)> =
+                read.query_async(&mut conn).await.map_err(store_error)?;
+            let mut workers = Vec::with_capacity(rows.len());
+            for (id, (info, heartbeat_at)) in ids.iter().zip(rows) {
+                let (Some(info), Some(heartbeat_at)) = (info, heartbeat_at) else {
+                    continue; // Lapsed between the two reads.
+                };
+                match serde_json::from_str::<WorkerInfo>(&info) {
+                    Ok(mut worker) => {
+                        worker.heartbeat_at = UnixMillis(heartbeat_at);
+                        workers.push(worker);
+                    }
+                    Err(e) => warn!(worker_id = %id, error = %e, "unreadable worker entry skipped"),
+                }
+            }
+            workers.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+            Ok(workers)
+        })
+        .await
+    }
+
+    async fn deregister(&self, worker_id: &WorkerId) -> Result<(), StoreError> {
+        let mut conn = self.conn.clone();
+        let mut remove = redis::pipe();
+        remove.cmd("ZREM").arg(&self.keys.workers).arg(worker_id.as_str()).ignore();
+        remove.cmd("DEL").arg(self.keys.worker(worker_id.as_str())).ignore();
+        self.bounded(self.options.response_timeout, async {
+            remove.query_async::<()>(&mut conn).await.map_err(store_error)
+        })
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_key_of_a_call_carries_its_hash_tag() {
+        let keys = Keys::new("cw");
+        let id = CallId::parse("c-1").expect("valid");
+        assert_eq!(keys.call_keys(&id), ["cw:call:{c-1}", "cw:call:{c-1}:rec:in", "cw:call:{c-1}:rec:out"]);
+        assert_eq!(keys.leases, "cw:{idx}:leases");
+        assert_eq!(keys.worker("w1"), "cw:{idx}:worker:w1");
+    }
+
+    #[test]
+    fn calls_members_sort_by_creation_and_parse_back() {
+        let a = CallId::parse("zzz").expect("valid");
+        let b = CallId::parse("aaa").expect("valid");
+        assert!(calls_member(999, &a) < calls_member(1_000, &b));
+        assert_eq!(parse_calls_member(&calls_member(1_723_000_000_000, &a)), Some(a));
+        for bad in ["", "12:abc", "000000000000000x:abc", "0000000000000001:", "0000000000000001:a b", "abc"]
+        {
+            assert_eq!(parse_calls_member(bad), None, "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! Calls survive worker death: a real `redis-server`, three real workers, real clients.
+//!
+//! Each test starts its own Redis (free loopback port, AOF on) and workers sharing it, with
+//! short leases and reaper periods so failures are detected within seconds. Clients are
+//! given every worker's media URL (a fleet without a load balancer: they rotate through the
+//! list when they reconnect).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use callworker_client::api::{ControlApi, CreatedCall};
+use callworker_client::resilient::{CallEvent, EndCause, ResilientCall, ResilientConfig};
+use callworker_client::twilio::{StreamEvent, TwilioSimulator, Twiml};
+use callworker_testkit::{RedisServer, Signal, Worker, WorkerOptions};
+use common::*;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+/// 20 ms of 8 kHz μ-law.
+const FRAME_BYTES: usize = 160;
+
+struct Fleet {
+    redis: RedisServer,
+    workers: Vec<Worker>,
+}
+
+/// Settings every fleet worker shares: Redis, short leases, a quick reaper.
+fn fleet_options(name: &str, redis_url: &str, extra: &[(&str, &str)]) -> WorkerOptions {
+    let mut options = WorkerOptions::named(name)
+        .env("CALLWORKER_STORE__KIND", "redis")
+        .env("CALLWORKER_STORE__REDIS_URL", redis_url)
+        .env("CALLWORKER_CHECKPOINT__INTERVAL_MS", "200")
+        .env("CALLWORKER_CHECKPOINT__LEASE_MS", "1500")
+        .env("CALLWORKER_RESUME__REAPER_INTERVAL_MS", "200")
+        .env("CALLWORKER_RESUME__REAPER_GRACE_MS", "300")
+        .env("CALLWORKER_RESUME__HEARTBEAT_INTERVAL_MS", "200");
+    for (k, v) in extra {
+        options = options.env(k, v);
+    }
+    options
+}
+
+impl Fleet {
+    async fn start(name: &str, workers: usize, extra: &[(&str, &str)]) -> Fleet {
+        let redis = RedisServer::start().await.unwrap();
+        let mut started = Vec::new();
+        for i in 0..workers {
+            let options = fleet_options(&format!("{name}-w{i}"), &redis.url(), extra);
+            started.push(Worker::start(options).await.unwrap());
+        }
+        Fleet { redis, workers: started }
+    }
+
+    fn api(&self, i: usize) -> ControlApi {
+        ControlApi::new(&self.workers[i].base_url)
+    }
+
+    /// Media URLs with worker `first` first, then the others.
+    fn media_urls(&self, first: usize) -> Vec<String> {
+        let mut order: Vec<usize> = vec![first];
+        order.extend((0..self.workers.len()).filter(|&i| i != first));
+        order.iter().map(|&i| format!("ws://127.0.0.1:{}/v1/media", self.workers[i].port)).collect()
+    }
+
+    /// The API of any worker still running other than `not`.
+    fn other_api(&self, not: usize) -> ControlApi {
+        self.api((0..self.workers.len()).find(|&i| i != not).unwrap())
+    }
+}
+
+/// A frame of audio unique to (call, seq), so any gap, duplicate or reordering in a
+/// recording shows.
+fn frame(call: usize, seq: u64) -> Vec<u8> {
+    (0..FRAME_BYTES).map(|i| ((call as u64 * 31 + seq * 7 + i as u64) % 251) as u8).collect()
+}
+
+async fn create_recorded_echo(api: &ControlApi) -> CreatedCall {
+    api.create_call(&json!({ "program": echo_program(), "record": {"inbound": true} })).await.unwrap()
+}
+
+async fn connect(urls: Vec<String>, created: &CreatedCall) -> (ResilientCall, mpsc::Receiver<CallEvent>) {
+    ResilientCall::connect(
+        urls,
+        created.call_id(),
+        &created.resume_token,
+        PCMU_8K,
+        ResilientConfig::default(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Drains events until `pred` matches one (bounded by `wait`); returns the events seen.
+async fn until(
+    events: &mut mpsc::Receiver<CallEvent>,
+    wait: Duration,
+    mut pred: impl FnMut(&CallEvent) -> bool,
+) -> Vec<CallEvent> {
+    let mut seen = Vec::new();
+    let result = tokio::time::timeout(wait, async {
+        while let Some(e) = events.recv().await {
+            let hit = pred(&e);
+            seen.push(e);
+            if hit {
+                return;
+            }
+        }
+        panic!("event stream ended first: {:?}", seen.last());
+    })
+    .await;
+    assert!(result.is_ok(), "timed out waiting; last events: {:?}", &seen[seen.len().saturating_sub(5)..]);
+    seen
+}
+
+async fn recording(api: &ControlApi, call_id: &str) -> Vec<u8> {
+    let url = format!("{}/v1/calls/{call_id}/recording", api.base_url());
+    let response = api.http().get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "recording of {call_id}");
+    let wav = response.bytes().await.unwrap();
+    // RIFF header, fmt (18 bytes for μ-law), fact, then data: find the data chunk.
+    let at = wav.windows(4).position(|w| w == b"data").expect("a data chunk");
+    let len = u32::from_le_bytes(wav[at + 4..at + 8].try_into().unwrap()) as usize;
+    wav[at + 8..at + 8 + len].to_vec()
+}
+
+async fn events_of(api: &ControlApi, call_id: &str) -> Vec<Value> {
+    api.events(call_id).await.unwrap()["events"].as_array().unwrap().clone()
+}
+
+/// kill -9 of the worker that owns live native calls mid-audio: every call resumes on
+/// another worker, inbound sequence numbers stay continuous, and the recording is exactly
+/// the audio the client sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_calls_survive_kill_9_of_their_worker_with_no_audio_lost() {
+    const CALLS: usize = 8;
+    const FRAMES_BEFORE: u64 = 40;
+    const FRAMES_AFTER: u64 = 60;
+    let mut fleet = Fleet::start("kill9", 3, &[]).await;
+    let api = fleet.api(0);
+    let mut calls = Vec::new();
+    for _ in 0..CALLS {
+        let created = create_recorded_echo(&api).await;
+        let (call, events) = connect(fleet.media_urls(0), &created).await;
+        calls.push((created, call, events));
+    }
+    let mut sent = vec![Vec::new(); CALLS];
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for seq in 1..=FRAMES_BEFORE + FRAMES_AFTER {
+        if seq == FRAMES_BEFORE + 1 {
+            fleet.workers[0].kill(); // SIGKILL, reaped
+        }
+        tick.tick().await;
+        for (i, (_, call, _)) in calls.iter_mut().enumerate() {
+            let f = frame(i, seq);
+            assert_eq!(call.send_audio(&f).await.unwrap(), seq);
+            sent[i].extend_from_slice(&f);
+        }
+    }
+    let last = FRAMES_BEFORE + FRAMES_AFTER;
+    let survivor = fleet.other_api(0);
+    for (i, (created, call, events)) in calls.iter_mut().enumerate() {
+        let seen = until(
+            events,
+            Duration::from_secs(15),
+            |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= last),
+        )
+        .await;
+        let resumed: Vec<_> = seen.iter().filter(|e| matches!(e, CallEvent::Resumed { .. })).collect();
+        assert_eq!(resumed.len(), 1, "call {i} resumed once: {resumed:?}");
+        assert!(call.session().epoch >= 2, "call {i} runs at a new epoch");
+        let stats = call.stats();
+        assert_eq!(stats.silence_frames_sent, 0, "call {i}: nothing had to be filled with silence");
+        assert_eq!(stats.frames_dropped_overflow, 0);
+        let view = survivor.get_call(created.call_id()).await.unwrap();
+        assert_eq!(view["status"], "active", "{view}");
+        let events = events_of(&survivor, created.call_id()).await;
+        assert!(
+            events.iter().any(|e| e["type"] == "resumed" && e["cause"] == "worker_lost"),
+            "call {i} has a resume event with its cause: {events:?}"
+        );
+    }
+    for (i, (created, call, _)) in calls.into_iter().enumerate() {
+        assert_eq!(call.hangup().await, EndCause::HungUp);
+        let view = wait_for_call(&survivor, created.call_id(), |c| c["status"] == "ended").await;
+        assert_eq!(view["end_reason"], "client_hangup");
+        let recorded = recording(&survivor, created.call_id()).await;
+        assert_eq!(recorded.len(), sent[i].len(), "call {i}: recording length (no gap, no duplicate)");
+        assert!(recorded == sent[i], "call {i}: the recording is exactly the audio sent");
+    }
+    let resumed = metric(&survivor, "callworker_calls_resumed_total", &[("cause", "worker_lost")]).await
+        + metric(&fleet.api(2), "callworker_calls_resumed_total", &[("cause", "worker_lost")]).await;
+    assert_eq!(resumed, CALLS as f64, "every call was resumed by one of the survivors");
+    drop(fleet.redis);
+}
+
+/// The same with Twilio-protocol calls: when the stream dies with its worker, Twilio asks
+/// the `<Connect action>` URL, which answers a new stream for the same live call; the new
+/// worker takes it over from its checkpoint. The gap is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twilio_calls_resume_through_the_stream_ended_twiml() {
+    let mut fleet = Fleet::start("twkill", 2, &[]).await;
+    let sim = TwilioSimulator::new(&fleet.workers[0].base_url);
+    let mut stream = sim.place_call("+15550100", "+15550199").await.unwrap();
+    let action = stream.action.clone().expect("the TwiML names an action URL");
+    let call_id = action.split("call_id=").nth(1).unwrap().to_owned();
+    for _ in 0..20 {
+        stream.send_media(vec![0x55; FRAME_BYTES]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let a checkpoint cover the audio, then kill the owner.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let killed_at = Instant::now();
+    fleet.workers[0].kill();
+    let (code, _) = stream.closed(WAIT).await.unwrap();
+    assert_eq!(code, 1006, "the stream vanished without a close frame");
+
+    // What Twilio does next: request the action URL (through the load balancer, which
+    // would route it to a live worker: here, worker 1).
+    let survivor = &fleet.workers[1].base_url;
+    let action = action.replace(&fleet.workers[0].base_url, survivor);
+    let twiml = sim.stream_ended(&action, &stream.call_sid).await.unwrap();
+    let Twiml::Connect { stream_url, parameters, .. } = twiml else {
+        panic!("expected a new stream, got {twiml:?}")
+    };
+    assert_eq!(parameters.get("call_id"), Some(&call_id));
+    let stream_url =
+        stream_url.replace(&fleet.workers[0].base_url.replace("http", "ws"), &survivor.replace("http", "ws"));
+    let same_parameters = parameters.clone();
+    let mut resumed = sim.open_stream(&stream_url, &stream.call_sid, parameters).await.unwrap();
+    resumed.send_media(vec![0x22; FRAME_BYTES]).await.unwrap();
+    let echoed = tokio::time::timeout(WAIT, async {
+        loop {
+            match resumed.next_event().await {
+                Some(StreamEvent::Media(audio)) => return audio,
+                Some(StreamEvent::Closed { code, reason }) => panic!("closed: {code} {reason}"),
+                Some(_) => {}
+                None => panic!("stream ended"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(echoed, vec![0x22; FRAME_BYTES], "the echo program carries on");
+    let gap = killed_at.elapsed();
+    println!("twilio failover: kill -9 → first echoed audio on the new worker in {gap:?}");
+
+    let api = fleet.api(1);
+    let view = api.get_call(&call_id).await.unwrap();
+    assert_eq!(view["status"], "active");
+    assert_eq!(view["epoch"], 2, "{view}");
+    let events = events_of(&api, &call_id).await;
+    let resume = events.iter().find(|e| e["type"] == "resumed").expect("a resume event");
+    assert_eq!(resume["cause"], "worker_lost");
+    assert_eq!(resume["transport"], "twilio");
+    println!("twilio failover: resume event gap_ms = {}", resume["gap_ms"]);
+
+    // Twilio re-invoking the same stream (same parameters) while it runs: the duplicate
+    // loses the takeover and is closed; the running stream is undisturbed.
+    let mut duplicate = sim.open_stream(&stream_url, &stream.call_sid, same_parameters).await.unwrap();
+    let (code, reason) = duplicate.closed(WAIT).await.unwrap();
+    assert_eq!(code, 4409, "a duplicate stream loses the takeover: {reason}");
+    resumed.send_media(vec![0x33; FRAME_BYTES]).await.unwrap();
+    let still = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(StreamEvent::Media(audio)) = resumed.next_event().await
+                && audio == vec![0x33; FRAME_BYTES]
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(still.is_ok(), "the running stream still echoes");
+    resumed.stop().await.unwrap();
+    let view = wait_for_call(&api, &call_id, |c| c["status"] == "ended").await;
+    assert_eq!(view["end_reason"], "remote_hangup");
+
+    // An ended call hangs up when its stream ends.
+    assert_eq!(sim.stream_ended(&action, &stream.call_sid).await.unwrap(), Twiml::Hangup);
+}
+
+/// SIGSTOP the owner past its lease while the client moves to another worker, then
+/// SIGCONT: the old owner's next write is fenced, it stops driving the call and closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_fenced_when_it_wakes_up() {
+    let fleet = Fleet::start("sigstop", 2, &[]).await;
+    let created = create_recorded_echo(&fleet.api(0)).await;
+    let (call, mut events) = connect(fleet.media_urls(0), &created).await;
+    for seq in 1..=10 {
+        call.send_audio(&frame(0, seq)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until(&mut events, WAIT, |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= 10)).await;
+    fleet.workers[0].signal(Signal::STOP).unwrap();
+    // The client's liveness check notices the silent worker and resumes on worker 1.
+    let mut seq = 10;
+    let resumed = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            seq += 1;
+            call.send_audio(&frame(0, seq)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            while let Ok(e) = events.try_recv() {
+                if let CallEvent::Resumed { epoch, .. } = e {
+                    return epoch;
+                }
+            }
+        }
+    })
+    .await
+    .expect("the client resumed elsewhere");
+    assert_eq!(resumed, 2);
+    let api1 = fleet.api(1);
+    // Let the paused worker's lease run out, then wake it up.
+    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    fleet.workers[0].signal(Signal::CONT).unwrap();
+    let api0 = fleet.api(0);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let fenced = metric(&api0, "callworker_fenced_writes_total", &[]).await;
+        let sessions = metric(&api0, "callworker_ws_sessions", &[]).await;
+        if fenced >= 1.0 && sessions == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "old owner not fenced: fenced={fenced} sessions={sessions}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The call carries on on worker 1, driven by it alone.
+    for _ in 0..10 {
+        seq += 1;
+        call.send_audio(&frame(0, seq)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until(&mut events, WAIT, |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= seq)).await;
+    let view = api1.get_call(created.call_id()).await.unwrap();
+    assert_eq!((view["status"].as_str(), view["epoch"].as_u64()), (Some("active"), Some(2)), "{view}");
+    assert_eq!(call.stats().stale_epoch_dropped, 0, "no audio from the fenced worker reached the client");
+    assert_eq!(call.hangup().await, EndCause::HungUp);
+    let recorded = recording(&api1, created.call_id()).await;
+    let sent: Vec<u8> = (1..=seq).flat_map(|s| frame(0, s)).collect();
+    assert!(
+        recorded == sent,
+        "recording continuous across the pause ({} of {} bytes)",
+        recorded.len(),
+        sent.len()
+    );
+}
+
+/// Two connections for one call at once: exactly one wins, the other is closed with 4409
+/// and does not come back (no ping-pong).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_connections_for_one_call_exactly_one_wins() {
+    let fleet = Fleet::start("dup", 2, &[]).await;
+    let created = fleet.api(0).create_call(&json!({ "program": echo_program() })).await.unwrap();
+    let a = ResilientCall::connect(
+        fleet.media_urls(0),
+        created.call_id(),
+        &created.resume_token,
+        PCMU_8K,
+        ResilientConfig::default(),
+    );
+    let b = ResilientCall::connect(
+        fleet.media_urls(1),
+        created.call_id(),
+        &created.resume_token,
+        PCMU_8K,
+        ResilientConfig::default(),
+    );
+    let (a, b) = tokio::join!(a, b);
+    let (winner, _events) = match (a, b) {
+        (Ok(w), Err(e)) | (Err(e), Ok(w)) => {
+            assert!(e.to_string().contains("4409"), "the loser is closed as stale: {e}");
+            w
+        }
+        (Ok(_), Ok(_)) => panic!("both connections won the call"),
+        (Err(a), Err(b)) => panic!("neither won: {a} / {b}"),
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let session = winner.session();
+    assert!(session.connected, "the winner keeps the call");
+    assert_eq!((session.sessions, session.epoch), (1, 1), "no ping-pong: one session, one takeover");
+    let view = fleet.api(1).get_call(created.call_id()).await.unwrap();
+    assert_eq!(view["epoch"], 1);
+    winner.send_audio(&frame(0, 1)).await.unwrap();
+    drop(winner.hangup().await);
+}
+
+/// A client that never returns: after the lease and the resume window the reaper ends the
+/// call with `resume_window_expired`, and nothing about it is left in the lease index. A
+/// call created and never connected goes the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_returns_is_reaped() {
+    let fleet = Fleet::start("orphan", 2, &[("CALLWORKER_RESUME__RESUME_WINDOW_MS", "1000")]).await;
+    let api = fleet.api(0);
+    let created = api.create_call(&json!({ "program": echo_program() })).await.unwrap();
+    let never = api.create_call(&json!({ "program": echo_program() })).await.unwrap();
+    let (call, mut events) = connect(fleet.media_urls(0), &created).await;
+    call.send_audio(&frame(0, 1)).await.unwrap();
+    until(&mut events, WAIT, |e| matches!(e, CallEvent::Acked { .. })).await;
+    drop(call); // gone for good: socket closed, no bye, no resume
+    for id in [created.call_id(), never.call_id()] {
+        let view = wait_until(&fleet.api(1), id, Duration::from_secs(15), |c| c["status"] == "ended").await;
+        assert_eq!(view["end_reason"], "resume_window_expired", "{view}");
+    }
+    let ended = metric(&fleet.api(0), "callworker_reaper_actions_total", &[("action", "ended")]).await
+        + metric(&fleet.api(1), "callworker_reaper_actions_total", &[("action", "ended")]).await;
+    assert_eq!(ended, 2.0, "each orphan ended exactly once across both reapers");
+    let index = redis_cli(&fleet.redis, &["ZRANGE", "cw:{idx}:leases", "0", "-1"], None);
+    assert!(index.trim().is_empty(), "the lease index is clean: {index:?}");
+}
+
+/// Runs `redis-cli` against the test's Redis; `value` (binary-safe) is passed on stdin as
+/// the last argument (`-x`).
+fn redis_cli(redis: &RedisServer, args: &[&str], value: Option<&[u8]>) -> String {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let port = redis.port().to_string();
+    let mut command = Command::new("redis-cli");
+    command.args(["-p", &port]);
+    if value.is_some() {
+        command.arg("-x");
+    }
+    let mut child = command
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("redis-cli is installed with redis-server");
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(value.unwrap_or_default()).unwrap();
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "redis-cli {args:?} failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Like [`wait_for_call`] with a custom bound.
+async fn wait_until(api: &ControlApi, call_id: &str, wait: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let call = api.get_call(call_id).await.unwrap();
+        if pred(&call) {
+            return call;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "call never reached the expected state: {call}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Redis killed and restarted mid-call (AOF on): the call keeps running in memory, and
+/// checkpoints (acks) resume once Redis is back; the call can still fail over afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_ride_out_a_redis_restart() {
+    let mut fleet = Fleet::start("redisrestart", 2, &[]).await;
+    let created = create_recorded_echo(&fleet.api(0)).await;
+    let (call, mut events) = connect(fleet.media_urls(0), &created).await;
+    let mut seq = 0;
+    let send = async |call: &ResilientCall, n: u64, seq: &mut u64| {
+        for _ in 0..n {
+            *seq += 1;
+            call.send_audio(&frame(0, *seq)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    send(&call, 20, &mut seq).await;
+    until(&mut events, WAIT, |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= 20)).await;
+    // Let AOF's once-a-second fsync cover the last checkpoint before the crash.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    fleet.redis.kill();
+    send(&call, 25, &mut seq).await;
+    // Echo still flows while Redis is down: the call lives in the worker's memory.
+    let echoed = until(&mut events, WAIT, |e| matches!(e, CallEvent::Audio { seq, .. } if *seq >= 40)).await;
+    assert!(!echoed.iter().any(|e| matches!(e, CallEvent::Disconnected { .. })), "the session stayed up");
+    fleet.redis.restart().await.unwrap();
+    send(&call, 10, &mut seq).await;
+    until(
+        &mut events,
+        Duration::from_secs(15),
+        |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= seq),
+    )
+    .await;
+    // And the call still fails over from what Redis now holds.
+    fleet.workers[0].kill();
+    send(&call, 10, &mut seq).await;
+    until(
+        &mut events,
+        Duration::from_secs(15),
+        |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= seq),
+    )
+    .await;
+    assert_eq!(call.stats().silence_frames_sent, 0);
+    assert_eq!(call.hangup().await, EndCause::HungUp);
+    let recorded = recording(&fleet.api(1), created.call_id()).await;
+    let sent: Vec<u8> = (1..=seq).flat_map(|s| frame(0, s)).collect();
+    assert!(recorded == sent, "recording continuous across the Redis restart and the failover");
+}
+
+/// A corrupt checkpoint ends the call with `checkpoint_corrupt` instead of crash-looping;
+/// a checkpoint in a format newer than this build is refused without ending the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_and_too_new_checkpoints_are_handled_cleanly() {
+    let fleet = Fleet::start("badckpt", 1, &[]).await;
+    let api = fleet.api(0);
+    let corrupt = api.create_call(&json!({ "program": echo_program() })).await.unwrap();
+    let too_new = api.create_call(&json!({ "program": echo_program() })).await.unwrap();
+    let key = |id: &str| format!("cw:call:{{{id}}}");
+    // A valid header of format 99 with a junk payload; and a good header with a bad CRC.
+    let mut newer = b"CWCK".to_vec();
+    newer.extend_from_slice(&99u16.to_be_bytes());
+    newer.extend_from_slice(&3u32.to_be_bytes());
+    newer.extend_from_slice(&0u32.to_be_bytes());
+    newer.extend_from_slice(b"abc");
+    redis_cli(&fleet.redis, &["HSET", &key(too_new.call_id()), "ckpt"], Some(&newer));
+    let mut bad_crc = newer.clone();
+    bad_crc[4..6].copy_from_slice(&2u16.to_be_bytes());
+    redis_cli(&fleet.redis, &["HSET", &key(corrupt.call_id()), "ckpt"], Some(&bad_crc));
+
+    let refused = ResilientCall::connect(
+        fleet.media_urls(0),
+        too_new.call_id(),
+        &too_new.resume_token,
+        PCMU_8K,
+        ResilientConfig { reconnect: quick_give_up(), ..ResilientConfig::default() },
+    )
+    .await
+    .expect_err("a too-new checkpoint is not taken over");
+    assert!(refused.to_string().contains("version_incompatible"), "{refused}");
+    let record = api.get_call(too_new.call_id()).await;
+    // The call is not ended (a newer worker may take it); this worker cannot show it.
+    assert!(record.is_err() || record.as_ref().unwrap()["status"] != "ended", "{record:?}");
+
+    let ended = ResilientCall::connect(
+        fleet.media_urls(0),
+        corrupt.call_id(),
+        &corrupt.resume_token,
+        PCMU_8K,
+        ResilientConfig::default(),
+    )
+    .await
+    .expect_err("a corrupt checkpoint ends the call");
+    assert!(ended.to_string().contains("4410"), "{ended}");
+    let list = api.list_calls("status=ended").await.unwrap();
+    let row = list["calls"].as_array().unwrap().iter().find(|c| c["call_id"] == corrupt.call_id()).cloned();
+    assert_eq!(row.map(|r| r["end_reason"].clone()), Some(json!("checkpoint_corrupt")));
+}
+
+fn quick_give_up() -> callworker_client::resilient::ReconnectPolicy {
+    callworker_client::resilient::ReconnectPolicy { attempts_max: 2, ..Default::default() }
+}
+
+/// The worker registry lists every live worker with its address and version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_announce_themselves_in_the_registry() {
+    let mut fleet = Fleet::start("registry", 2, &[]).await;
+    let list = |api: ControlApi| async move {
+        let url = format!("{}/v1/workers", api.base_url());
+        let body: Value = api.http().get(url).send().await.unwrap().json().await.unwrap();
+        body["workers"].as_array().unwrap().clone()
+    };
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let workers = list(fleet.api(0)).await;
+        if workers.len() == 2 {
+            assert!(workers.iter().all(|w| w["version"].is_string() && w["address"].is_string()));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{workers:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    fleet.workers[1].kill();
+    let deadline = Instant::now() + WAIT;
+    while list(fleet.api(0)).await.len() != 1 {
+        assert!(Instant::now() < deadline, "a dead worker's entry lapses");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
