@@ -576,3 +576,168 @@ async fn workers_announce_themselves_in_the_registry() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// One HTTP request the REST recorder received.
+#[derive(Debug)]
+struct Recorded {
+    request_line: String,
+    authorization: Option<String>,
+    body: String,
+}
+
+/// A stand-in for Twilio's REST API on a loopback port: records each request and answers
+/// `200 {"status": "in-progress"}`, as Twilio does for a redirected live call.
+async fn rest_recorder() -> (u16, mpsc::Receiver<Recorded>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let (head_len, content_length) = loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| {
+                                l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))
+                            })
+                            .unwrap_or(0usize);
+                        break (end + 4, len);
+                    }
+                };
+                while buf.len() < head_len + content_length {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let head = String::from_utf8_lossy(&buf[..head_len]).into_owned();
+                let recorded = Recorded {
+                    request_line: head.lines().next().unwrap_or_default().to_owned(),
+                    authorization: head.lines().find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .starts_with("authorization:")
+                            .then(|| l[14..].trim().to_owned())
+                    }),
+                    body: String::from_utf8_lossy(&buf[head_len..head_len + content_length]).into_owned(),
+                };
+                let body = r#"{"sid":"CA","status":"in-progress"}"#;
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = tx.send(recorded).await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+/// `application/x-www-form-urlencoded` value decoding (`+` and `%XX`).
+fn form_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).unwrap()
+}
+
+/// A worker that hangs with its Twilio stream open (SIGSTOP): Twilio never asks the action
+/// URL, so the reaper on another worker redirects the live call through Twilio's REST API
+/// to a new stream, which takes the call over; the hung worker is fenced when it wakes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_workers_twilio_call_is_rescued_through_the_rest_api() {
+    let (rest_port, mut requests) = rest_recorder().await;
+    let rest_url = format!("http://127.0.0.1:{rest_port}");
+    let fleet = Fleet::start(
+        "rescue",
+        2,
+        &[
+            ("CALLWORKER_TWILIO__ACCOUNT_SID", "ACtest"),
+            ("CALLWORKER_TWILIO__AUTH_TOKEN", "secret"),
+            ("CALLWORKER_TWILIO__REST_API_BASE_URL", &rest_url),
+        ],
+    )
+    .await;
+    let sim = TwilioSimulator::new(&fleet.workers[0].base_url);
+    let mut hung = sim.place_call("+15550100", "+15550199").await.unwrap();
+    let call_id = hung.action.clone().unwrap().split("call_id=").nth(1).unwrap().to_owned();
+    for _ in 0..10 {
+        hung.send_media(vec![0x55; FRAME_BYTES]).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    fleet.workers[0].signal(Signal::STOP).unwrap();
+
+    let request = tokio::time::timeout(Duration::from_secs(15), requests.recv())
+        .await
+        .expect("the reaper called the REST API")
+        .unwrap();
+    let expected_path = format!(
+        "POST /2010-04-01/Accounts/{}/Calls/{}.json ",
+        "AC00000000000000000000000000000000", hung.call_sid
+    );
+    assert!(request.request_line.starts_with(&expected_path), "{request:?}");
+    assert!(request.authorization.as_deref().is_some_and(|a| a.starts_with("Basic ")), "{request:?}");
+    let twiml = form_decode(request.body.strip_prefix("Twiml=").expect("a Twiml parameter"));
+    let Twiml::Connect { stream_url, parameters, .. } =
+        callworker_client::twilio::parse_twiml(&twiml).unwrap()
+    else {
+        panic!("expected <Connect><Stream>: {twiml}")
+    };
+    assert_eq!(parameters.get("call_id"), Some(&call_id));
+    assert_eq!(
+        parameters.get("epoch").map(String::as_str),
+        Some("1"),
+        "the redirect keeps the current epoch"
+    );
+
+    // Twilio follows the new TwiML: a new stream, which takes the call over.
+    let mut rescued = sim.open_stream(&stream_url, &hung.call_sid, parameters).await.unwrap();
+    rescued.send_media(vec![0x44; FRAME_BYTES]).await.unwrap();
+    let echoed = tokio::time::timeout(WAIT, async {
+        loop {
+            match rescued.next_event().await {
+                Some(StreamEvent::Media(audio)) => return audio,
+                Some(StreamEvent::Closed { code, reason }) => panic!("closed: {code} {reason}"),
+                Some(_) => {}
+                None => panic!("stream ended"),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(echoed, vec![0x44; FRAME_BYTES]);
+    let api = fleet.api(1);
+    assert_eq!(metric(&api, "callworker_reaper_actions_total", &[("action", "rescued")]).await, 1.0);
+
+    // The hung worker wakes: its next write is fenced and it closes its stale stream.
+    fleet.workers[0].signal(Signal::CONT).unwrap();
+    let (code, reason) = hung.closed(WAIT).await.unwrap();
+    assert_eq!(code, 4409, "the old owner stops driving the call: {reason}");
+    let view = api.get_call(&call_id).await.unwrap();
+    assert_eq!((view["status"].as_str(), view["epoch"].as_u64()), (Some("active"), Some(2)), "{view}");
+    rescued.stop().await.unwrap();
+}
