@@ -156,3 +156,35 @@ fn overlay_replaces_tone_program_audio_and_the_program_keeps_its_clock() {
     let p = powers(&pcm_of(&out, PCMU_8K), 8_000, &[1_000.0, 440.0]);
     assert!(p[1] > 0.05 && p[0] < 0.001, "{p:?}");
 }
+
+/// After a resume, the tone pattern continues from what the caller heard (the last played
+/// position), not from what the previous session had generated.
+#[test]
+fn a_resumed_tone_replays_what_was_sent_but_never_played() {
+    let segment = |call: &callworker_call::Call| match &call.program {
+        callworker_call::ProgramState::Tone(s) => s.segment_index(),
+        _ => panic!("tone"),
+    };
+    // Two 5-frame segments, repeating.
+    let mut call = attached(tone(&[(&[440], 100), (&[880], 100)], true, None), PCMU_8K);
+    let sent = audio_of(&run_frames(&mut call, 0, 140));
+    assert_eq!(sent.len(), 7, "frames 1-5 of 440 Hz, 6-7 of 880 Hz");
+    assert_eq!(segment(&call), 1);
+    step(&mut call, at(140), Input::Played { upto_seq: 3 });
+    step(&mut call, at(150), Input::Detached { cause: None });
+    let resume = callworker_call::Resume { cause: callworker_call::ResumeCause::WorkerLost, gap_ms: 50 };
+    step(&mut call, at(200), Input::Attached { transport: Transport::Twilio, resume: Some(resume) });
+    assert_eq!(segment(&call), 0, "stepped back to frame 4 of the first segment");
+    let out = run_frames(&mut call, 200, 240);
+    let replayed = audio_of(&out);
+    assert_eq!(replayed.iter().map(|(seq, _)| *seq).collect::<Vec<_>>(), [8, 9], "new sequence numbers");
+    // The sine stays phase-continuous, so compare what is heard: 440 Hz, not 880 Hz.
+    let p = powers(&pcm_of(&out, PCMU_8K), 8_000, &[440.0, 880.0]);
+    assert!(p[0] > 100.0 * p[1], "the replayed frames are the first segment's 440 Hz: {p:?}");
+    assert_eq!(segment(&call), 1);
+
+    // A first attach (no resume) never steps back.
+    let mut fresh = new_call(tone(&[(&[440], 100), (&[880], 100)], true, None), PCMU_8K);
+    step(&mut fresh, T0, Input::Attached { transport: Transport::Native, resume: None });
+    assert_eq!(segment(&fresh), 0);
+}
