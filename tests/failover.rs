@@ -741,3 +741,37 @@ async fn a_hung_workers_twilio_call_is_rescued_through_the_rest_api() {
     assert_eq!((view["status"].as_str(), view["epoch"].as_u64()), (Some("active"), Some(2)), "{view}");
     rescued.stop().await.unwrap();
 }
+
+/// SIGTERM: the worker detaches its calls with `migrate`, the client resumes on another
+/// worker, and the resume is recorded with cause `migrated_drain`; no audio is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_hands_its_calls_to_another() {
+    let mut fleet = Fleet::start("drain", 2, &[]).await;
+    let created = create_recorded_echo(&fleet.api(0)).await;
+    let (call, mut events) = connect(fleet.media_urls(0), &created).await;
+    let mut seq = 0;
+    for _ in 0..20 {
+        seq += 1;
+        call.send_audio(&frame(0, seq)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let exit = fleet.workers[0].terminate(WAIT).await.unwrap();
+    assert!(exit.success(), "the draining worker exits 0: {exit}");
+    for _ in 0..20 {
+        seq += 1;
+        call.send_audio(&frame(0, seq)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    until(&mut events, WAIT, |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= seq)).await;
+    let api = fleet.api(1);
+    let events = events_of(&api, created.call_id()).await;
+    assert!(
+        events.iter().any(|e| e["type"] == "resumed" && e["cause"] == "migrated_drain"),
+        "the resume names the drain: {events:?}"
+    );
+    assert_eq!(metric(&api, "callworker_calls_resumed_total", &[("cause", "migrated_drain")]).await, 1.0);
+    assert_eq!(call.hangup().await, EndCause::HungUp);
+    let recorded = recording(&api, created.call_id()).await;
+    let sent: Vec<u8> = (1..=seq).flat_map(|s| frame(0, s)).collect();
+    assert!(recorded == sent, "no audio lost across the drain");
+}
