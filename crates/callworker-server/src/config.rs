@@ -157,8 +157,8 @@ pub struct ResumeConfig {
     /// Period of this worker's registry heartbeat; the entry lapses after three periods.
     pub heartbeat_interval: Duration,
     /// Recorded audio a call may hold in memory while its checkpoints cannot be written
-    /// (bytes); beyond it the oldest unwritten audio is dropped and the recording marked
-    /// truncated.
+    /// (bytes); beyond it the oldest unwritten audio is dropped and counted
+    /// (`callworker_recording_dropped_bytes_total`).
     pub recording_pending_bytes_max: usize,
 }
 
