@@ -88,7 +88,7 @@ pub struct CallsArgs {
     pub program: Program,
 }
 
-fn seconds(text: &str, min_exclusive: Option<f64>, max: f64) -> Result<f64, String> {
+pub(crate) fn seconds(text: &str, min_exclusive: Option<f64>, max: f64) -> Result<f64, String> {
     let v: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
     let low_ok = match min_exclusive {
         Some(min) => v > min,

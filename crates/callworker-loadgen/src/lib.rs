@@ -3,6 +3,9 @@
 //! Layout: one module per mode, each with its clap `Args` and an async `run`; shared
 //! building blocks beside them.
 //! - [`calls`]: the `calls` mode — N echo calls (native, Twilio or mixed) for D seconds.
+//! - [`failover`]: the `failover` mode — N resilient native echo calls on one worker, which
+//!   is killed mid-stream; resume time (fault → first echo from the new worker), dropped
+//!   calls, caller audio lost, echo duplicates and gaps, recordings checked.
 //! - [`call`]: one simulated call on an open-loop 20 ms clock ([`call::run`]).
 //! - [`echo`]: pure per-call bookkeeping: the cyclic test pattern, echo lag by byte offset,
 //!   byte-exactness ([`echo::EchoTracker`]).
@@ -21,6 +24,7 @@
 pub mod call;
 pub mod calls;
 pub mod echo;
+pub mod failover;
 pub mod report;
 
 use clap::{Parser, Subcommand};
@@ -38,12 +42,16 @@ pub struct Cli {
 pub enum Mode {
     /// Place N echo calls, stream audio for D seconds each, report delivery and latency.
     Calls(calls::CallsArgs),
+    /// Place N resilient echo calls on one worker, kill it mid-stream, and measure how the
+    /// calls resume on the others.
+    Failover(failover::FailoverArgs),
 }
 
 /// Runs a mode; `Ok(false)` when its verdict failed.
 pub async fn run(mode: Mode) -> anyhow::Result<bool> {
     match mode {
         Mode::Calls(args) => calls::run(args).await,
+        Mode::Failover(args) => failover::run(args).await,
     }
 }
 
@@ -75,12 +83,51 @@ mod tests {
             "--json",
         ])
         .unwrap();
-        let Mode::Calls(args) = cli.mode;
+        let Mode::Calls(args) = cli.mode else { panic!("calls mode expected") };
         assert_eq!((args.calls, args.duration_s, args.ramp_s), (5, 1.5, 2.0));
         assert_eq!(args.protocol, calls::ProtocolMix::Twilio);
         assert!(args.json);
         assert_eq!(args.target, "http://127.0.0.1:8080");
         assert!(Cli::try_parse_from(["callworker-loadgen", "calls", "--program", "tone"]).is_err());
         assert!(Cli::try_parse_from(["callworker-loadgen", "calls", "--calls", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_failover_mode_parses_and_needs_exactly_one_fault() {
+        let cli = Cli::try_parse_from([
+            "callworker-loadgen",
+            "failover",
+            "--workers",
+            "http://127.0.0.1:1,http://127.0.0.1:2",
+            "--victim",
+            "1",
+            "--victim-pid",
+            "123",
+            "--calls",
+            "300",
+            "--signal",
+            "term",
+            "--verify-recordings",
+            "10",
+            "--json",
+        ])
+        .unwrap();
+        let Mode::Failover(args) = cli.mode else { panic!("failover mode expected") };
+        assert_eq!(args.workers, ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!((args.victim.as_str(), args.victim_pid, args.calls), ("1", Some(123), 300));
+        assert_eq!((args.before_s, args.after_s), (5.0, 10.0));
+        assert_eq!(args.signal, failover::FaultSignal::Term);
+        assert_eq!(args.verify_recordings, failover::RecordingSample::First(10));
+        assert!(args.json && !args.drop_connections);
+        let base = ["callworker-loadgen", "failover", "--workers", "http://127.0.0.1:1"];
+        assert!(Cli::try_parse_from(base).is_err(), "a fault is required");
+        assert!(Cli::try_parse_from([&base[..], &["--drop-connections"]].concat()).is_ok());
+        assert!(
+            Cli::try_parse_from([&base[..], &["--drop-connections", "--victim-pid", "1"]].concat()).is_err(),
+            "only one fault"
+        );
+        assert!(
+            Cli::try_parse_from([&base[..], &["--drop-connections", "--before-s", "0"]].concat()).is_err()
+        );
     }
 }
