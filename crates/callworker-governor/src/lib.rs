@@ -16,6 +16,9 @@
 //!   [`working_set_bytes`] and [`effective_limit_bytes`], the arithmetic the governor's
 //!   pressure ratio is built from; and the thin blocking I/O layer: [`discover`],
 //!   [`read_sample`], [`read_system_pressure`].
+//! - [`policy`]: [`Policy`], the pure decision layer: [`Observation`]s in, a [`Level`]
+//!   with hysteresis and growth projection and a [`Decision`] (purge, migrate, last
+//!   resort) out; table-tested with a fake clock.
 //! - [`error`]: [`ParseError`] (what was wrong with a text) and [`SignalError`] (which
 //!   file, or which discovery step).
 //!
@@ -33,6 +36,7 @@
 
 pub mod cgroup;
 pub mod error;
+pub mod policy;
 pub mod psi;
 pub mod sample;
 mod text;
@@ -41,6 +45,7 @@ pub use cgroup::v1::OomControl;
 pub use cgroup::v2::MemoryEvents;
 pub use cgroup::{CgroupMemory, CgroupVersion, MemoryStat, find_memory_cgroup};
 pub use error::{ParseError, SignalError};
+pub use policy::{Decision, Level, Observation, Policy, Thresholds};
 pub use psi::{Pressure, parse_pressure};
 pub use sample::{
     MemorySample, TEXT_BYTES_MAX, discover, effective_limit_bytes, read_sample, read_system_pressure,
