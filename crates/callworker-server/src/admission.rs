@@ -2,7 +2,9 @@
 //! cannot carry more calls says so with 503 + `Retry-After` instead of accepting and failing.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+
+use callworker_governor::Level;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -19,11 +21,17 @@ pub struct Admission {
     /// holds its permit until it closes.
     sessions: Arc<Semaphore>,
     draining: AtomicBool,
+    /// The memory governor's level ([`Level::number`]).
+    memory_level: AtomicU8,
 }
 
 impl Admission {
     pub fn new(calls_max: usize) -> Admission {
-        Admission { sessions: Arc::new(Semaphore::new(calls_max)), draining: AtomicBool::new(false) }
+        Admission {
+            sessions: Arc::new(Semaphore::new(calls_max)),
+            draining: AtomicBool::new(false),
+            memory_level: AtomicU8::new(Level::Normal.number()),
+        }
     }
 
     fn refused(reason: &'static str, message: &str) -> Error {
@@ -39,7 +47,21 @@ impl Admission {
         if self.sessions.available_permits() == 0 {
             return Err("at_capacity");
         }
+        if !self.memory_level().admits_new_calls() {
+            return Err("memory_pressure");
+        }
         Ok(())
+    }
+
+    /// The memory governor's current level.
+    pub fn memory_level(&self) -> Level {
+        let n = self.memory_level.load(Ordering::Acquire);
+        Level::ALL.into_iter().find(|l| l.number() == n).unwrap_or(Level::Normal)
+    }
+
+    /// Set by the memory governor.
+    pub fn set_memory_level(&self, level: Level) {
+        self.memory_level.store(level.number(), Ordering::Release);
     }
 
     /// Admits a new call (creation, not yet media).
@@ -51,6 +73,9 @@ impl Admission {
     pub fn admit_session(&self) -> Result<OwnedSemaphorePermit, Error> {
         if self.draining.load(Ordering::Acquire) {
             return Err(Admission::refused("draining", "this worker is draining"));
+        }
+        if !self.memory_level().admits_resumes() {
+            return Err(Admission::refused("memory_pressure", "this worker is shedding memory"));
         }
         self.sessions
             .clone()

@@ -38,6 +38,18 @@ pub struct Config {
     pub security: SecurityConfig,
     pub store: StoreConfig,
     pub resume: ResumeConfig,
+    pub governor: GovernorConfig,
+}
+
+/// The memory governor (see `governor.rs`).
+#[derive(Debug, Clone)]
+pub struct GovernorConfig {
+    pub enabled: bool,
+    /// Period of the cgroup memory sample.
+    pub sample_interval: Duration,
+    /// A limit to govern against when the cgroup has none or a higher one.
+    pub memory_limit_bytes: Option<u64>,
+    pub thresholds: callworker_governor::Thresholds,
 }
 
 #[derive(Debug, Clone)]
@@ -218,6 +230,19 @@ struct RawConfig {
     security: RawSecurity,
     store: RawStore,
     resume: RawResume,
+    governor: RawGovernor,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGovernor {
+    enabled: bool,
+    sample_interval_ms: u64,
+    memory_limit_bytes: u64,
+    enter: [f64; 4],
+    exit: [f64; 4],
+    dwell_ms: u64,
+    projection_horizon_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -607,7 +632,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?,
     };
 
-    Ok(Config { server, log, limits, calls, checkpoint, twilio, security, store, resume })
+    let g = raw.governor;
+    let thresholds = callworker_governor::Thresholds {
+        enter: g.enter,
+        exit: g.exit,
+        dwell_ms: range("governor.dwell_ms", g.dwell_ms, 0, 3_600_000)?,
+        projection_horizon_ms: range("governor.projection_horizon_ms", g.projection_horizon_ms, 0, 600_000)?,
+        ..callworker_governor::Thresholds::default()
+    };
+    thresholds.validate().map_err(|e| invalid(format!("governor.enter/exit: {e}")))?;
+    let governor = GovernorConfig {
+        enabled: g.enabled,
+        sample_interval: ms("governor.sample_interval_ms", g.sample_interval_ms, 10, 60_000)?,
+        memory_limit_bytes: (g.memory_limit_bytes > 0).then_some(g.memory_limit_bytes),
+        thresholds,
+    };
+
+    Ok(Config { server, log, limits, calls, checkpoint, twilio, security, store, resume, governor })
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ pub mod admission;
 pub mod calls;
 pub mod config;
 pub mod error;
+pub mod governor;
 pub mod http;
 pub mod live;
 pub mod metrics;
@@ -114,6 +115,7 @@ pub async fn serve(
     let state = AppState::new(Shared {
         tokens: Tokens::new(config.security.token_secret.clone(), config.security.resume_token_ttl),
         admission: Admission::new(config.limits.calls_max),
+        memory: governor::MemoryState::default(),
         live: LiveCalls::default(),
         worker_id,
         store,
@@ -134,6 +136,7 @@ pub async fn serve(
     });
 
     let reaper = tokio::spawn(reaper::run(state.clone()));
+    let governor = tokio::spawn(governor::run(state.clone()));
     let registry = tokio::spawn(registry::run(state.clone(), format!("http://{addr}")));
 
     let stop = state.shutdown.clone();
@@ -155,6 +158,7 @@ pub async fn serve(
             upkeep.abort();
             reaper.abort();
             registry.abort();
+            governor.abort();
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("server stopped unexpectedly")),
                 Ok(Err(e)) => Err(e).context("serve HTTP"),
@@ -175,6 +179,7 @@ pub async fn serve(
     .await;
     upkeep.abort();
     reaper.abort();
+    governor.abort();
     // Leave the registry cleanly (bounded: the store may be the reason we are stopping).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), registry).await;
     if drained.is_err() {

@@ -62,6 +62,19 @@ pub const TWILIO_REST_REQUESTS: &str = "callworker_twilio_rest_requests_total";
 /// Live workers in the registry, as this worker last saw it.
 pub const WORKERS_LIVE: &str = "callworker_workers_live";
 
+/// Memory governor level: 0 normal, 1 elevated, 2 shed, 3 migrate, 4 emergency.
+pub const GOVERNOR_LEVEL: &str = "callworker_governor_level";
+/// Working set over the effective memory limit.
+pub const GOVERNOR_PRESSURE: &str = "callworker_governor_pressure_ratio";
+/// The worker's cgroup memory, by `kind` (working_set, usage).
+pub const GOVERNOR_MEMORY_BYTES: &str = "callworker_governor_memory_bytes";
+/// The effective memory limit the governor measures against.
+pub const GOVERNOR_LIMIT_BYTES: &str = "callworker_governor_memory_limit_bytes";
+/// Governor level changes, by `from` and `to`.
+pub const GOVERNOR_TRANSITIONS: &str = "callworker_governor_level_transitions_total";
+/// Samples the governor could not read.
+pub const GOVERNOR_READ_FAILURES: &str = "callworker_governor_read_failures_total";
+
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -126,4 +139,10 @@ fn describe() {
     describe_counter!(REAPER_ACTIONS, "Orphaned calls handled by the reaper, by action");
     describe_counter!(TWILIO_REST_REQUESTS, "Twilio REST call updates, by outcome");
     describe_gauge!(WORKERS_LIVE, "Live workers in the registry");
+    describe_gauge!(GOVERNOR_LEVEL, "Memory governor level (0 normal .. 4 emergency)");
+    describe_gauge!(GOVERNOR_PRESSURE, "Working set over the effective memory limit");
+    describe_gauge!(GOVERNOR_MEMORY_BYTES, Unit::Bytes, "Worker cgroup memory, by kind");
+    describe_gauge!(GOVERNOR_LIMIT_BYTES, Unit::Bytes, "Effective memory limit");
+    describe_counter!(GOVERNOR_TRANSITIONS, "Memory governor level changes, by from and to");
+    describe_counter!(GOVERNOR_READ_FAILURES, "Memory samples the governor could not read");
 }

@@ -19,8 +19,7 @@ pub fn info(state: &AppState, address: &str, started_at: UnixMillis) -> WorkerIn
         address: address.to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         live_calls: state.live.len() as u64,
-        // The memory governor sets levels once it is wired in; until then a worker is normal.
-        governor_level: "normal".to_owned(),
+        governor_level: state.admission.memory_level().as_str().to_owned(),
         started_at,
         heartbeat_at: UnixMillis(0),
     }

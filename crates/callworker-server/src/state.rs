@@ -25,6 +25,8 @@ pub struct Shared {
     pub tokens: Tokens,
     pub live: LiveCalls,
     pub admission: Admission,
+    /// The memory governor's last snapshot.
+    pub memory: crate::governor::MemoryState,
     pub metrics: PrometheusHandle,
     /// Cancelled when the worker shuts down: every session detaches and closes.
     pub shutdown: CancellationToken,

@@ -326,3 +326,17 @@ pub async fn list_workers(State(state): State<AppState>) -> Result<Response, Err
     let workers = state.store.workers().await?;
     Ok(Json(json!({ "workers": workers })).into_response())
 }
+
+/// `GET /v1/admin/memory`: the memory governor's level and last sample.
+pub async fn admin_memory(State(state): State<AppState>) -> Result<Response, Error> {
+    let governor = &state.config.governor;
+    Ok(Json(json!({
+        "level": state.admission.memory_level(),
+        "idle_reason": state.memory.idle_reason(),
+        "sample": state.memory.snapshot(),
+        "thresholds": governor.thresholds,
+        "configured_limit_bytes": governor.memory_limit_bytes,
+        "live_calls": state.live.len(),
+    }))
+    .into_response())
+}

@@ -1,0 +1,172 @@
+//! The memory governor's wiring: a task samples this worker's memory cgroup every
+//! `governor.sample_interval_ms`, feeds the [`Policy`], and publishes the level, which
+//! admission and readiness obey:
+//!
+//! - below `shed`: admit as usual;
+//! - `shed`: no new calls (`POST /v1/calls` and the Twilio voice webhook answer 503
+//!   `memory_pressure` with `Retry-After`, `/readyz` is false); media sessions are still
+//!   admitted, so calls from dead or draining workers can resume here;
+//! - `migrate` and `emergency`: no media sessions either.
+//!
+//! The last snapshot is served by `GET /v1/admin/memory` and exported as metrics.
+//!
+//! Not wired yet (issue 4): releasing allocator memory, migrating calls largest account
+//! first, per-call memory accounts and the last-resort end. The policy computes those
+//! decisions; this task does not act on them, and says so in its snapshot.
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use callworker_governor::{CgroupMemory, Decision, Level, Observation, Policy, discover, read_sample};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use crate::metrics as m;
+use crate::state::{AppState, now};
+
+/// What the governor last saw and decided (`GET /v1/admin/memory`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub level: Level,
+    /// `working_set_bytes / limit_bytes`.
+    pub pressure: f64,
+    pub working_set_bytes: u64,
+    pub usage_bytes: u64,
+    /// The effective limit: the smallest of the cgroup's hard limit, v2 `memory.high` and
+    /// `governor.memory_limit_bytes`.
+    pub limit_bytes: u64,
+    pub cgroup: String,
+    pub oom_kill_count: u64,
+    pub growth_bytes_per_s: f64,
+    pub sampled_at_ms: u64,
+}
+
+/// The governor's published state.
+#[derive(Debug, Default)]
+pub struct MemoryState {
+    snapshot: Mutex<Option<Snapshot>>,
+    /// Why the governor is idle, when it is.
+    idle_reason: Mutex<Option<String>>,
+}
+
+impl MemoryState {
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        self.snapshot.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn idle_reason(&self) -> Option<String> {
+        self.idle_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set_idle(&self, reason: String) {
+        *self.idle_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+    }
+}
+
+/// Samples and decides until the worker shuts down.
+pub async fn run(state: AppState) {
+    let cfg = state.config.governor.clone();
+    if !cfg.enabled {
+        state.memory.set_idle("disabled by configuration (governor.enabled = false)".into());
+        return;
+    }
+    let cgroup = match tokio::task::spawn_blocking(discover).await {
+        Ok(Ok(Some(cg))) => cg,
+        Ok(Ok(None)) => {
+            let reason = "no memory cgroup found for this process".to_owned();
+            warn!(reason, "memory governor idle");
+            state.memory.set_idle(reason);
+            return;
+        }
+        Ok(Err(e)) => {
+            let reason = format!("memory cgroup discovery failed: {e}");
+            warn!(%reason, "memory governor idle");
+            state.memory.set_idle(reason);
+            return;
+        }
+        Err(_) => return,
+    };
+    info!(dir = %cgroup.dir.display(), version = ?cgroup.version, "memory governor watching");
+    let mut policy = Policy::new(cfg.thresholds.clone());
+    let started = Instant::now();
+    let mut last_oom_kills: Option<u64> = None;
+    let mut tick = tokio::time::interval(cfg.sample_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let at_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let cg: CgroupMemory = cgroup.clone();
+        let sample = match tokio::task::spawn_blocking(move || read_sample(&cg)).await {
+            Ok(Ok(sample)) => sample,
+            Ok(Err(e)) => {
+                metrics::counter!(m::GOVERNOR_READ_FAILURES).increment(1);
+                warn!(error = %e, "memory governor could not read its signals");
+                let decision = policy.observe_failure(at_ms);
+                publish_level(&state, &decision);
+                continue;
+            }
+            Err(_) => return,
+        };
+        let Some(limit) = sample.effective_limit_bytes(cfg.memory_limit_bytes) else {
+            // No cgroup limit and none configured: nothing to measure pressure against.
+            if state.memory.idle_reason().is_none() {
+                let reason =
+                    "no memory limit: neither the cgroup nor governor.memory_limit_bytes sets one".to_owned();
+                warn!(reason, "memory governor idle");
+                state.memory.set_idle(reason);
+            }
+            continue;
+        };
+        let oom_event = last_oom_kills.is_some_and(|n| sample.oom_kill_count > n);
+        last_oom_kills = Some(sample.oom_kill_count);
+        let decision = policy.observe(Observation {
+            at_ms,
+            working_set_bytes: sample.working_set_bytes,
+            limit_bytes: limit,
+            oom_event,
+        });
+        publish_level(&state, &decision);
+        metrics::gauge!(m::GOVERNOR_PRESSURE).set(decision.pressure);
+        metrics::gauge!(m::GOVERNOR_MEMORY_BYTES, "kind" => "working_set")
+            .set(sample.working_set_bytes as f64);
+        metrics::gauge!(m::GOVERNOR_MEMORY_BYTES, "kind" => "usage").set(sample.usage_bytes as f64);
+        metrics::gauge!(m::GOVERNOR_LIMIT_BYTES).set(limit as f64);
+        *state.memory.snapshot.lock().unwrap_or_else(|p| p.into_inner()) = Some(Snapshot {
+            level: decision.level,
+            pressure: decision.pressure,
+            working_set_bytes: sample.working_set_bytes,
+            usage_bytes: sample.usage_bytes,
+            limit_bytes: limit,
+            cgroup: cgroup.dir.display().to_string(),
+            oom_kill_count: sample.oom_kill_count,
+            growth_bytes_per_s: decision.growth_bytes_per_s,
+            sampled_at_ms: now().0,
+        });
+    }
+}
+
+fn publish_level(state: &AppState, decision: &Decision) {
+    state.admission.set_memory_level(decision.level);
+    metrics::gauge!(m::GOVERNOR_LEVEL).set(f64::from(decision.level.number()));
+    if let Some((from, to)) = decision.transition {
+        metrics::counter!(m::GOVERNOR_TRANSITIONS, "from" => from.as_str(), "to" => to.as_str()).increment(1);
+        if to > from {
+            warn!(
+                from = from.as_str(),
+                to = to.as_str(),
+                pressure = decision.pressure,
+                "memory governor level up"
+            );
+        } else {
+            info!(
+                from = from.as_str(),
+                to = to.as_str(),
+                pressure = decision.pressure,
+                "memory governor level down"
+            );
+        }
+    }
+}
