@@ -112,3 +112,130 @@ async fn well_under_its_limit_a_worker_admits_as_usual() {
     }
     assert!(memory["sample"]["working_set_bytes"].as_u64().unwrap() > 0);
 }
+
+/// A worker in a real memory cgroup whose calls push it toward the cgroup's limit: the
+/// governor migrates calls (largest first) to another worker instead of letting the
+/// kernel OOM-kill it, and no call is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn near_its_cgroup_limit_a_worker_migrates_calls_instead_of_being_oom_killed() {
+    use callworker_client::resilient::{CallEvent, ResilientCall, ResilientConfig};
+    use callworker_protocol::{AudioFormat, Encoding};
+    use callworker_testkit::{MemoryCgroup, RedisServer};
+
+    let cgroup = match MemoryCgroup::create("governor") {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("\n!!! SKIPPING the cgroup governor test: {e:#} !!!\n");
+            return;
+        }
+    };
+    let redis = RedisServer::start().await.unwrap();
+    let fleet = |name: &str| {
+        WorkerOptions::named(name)
+            .env("CALLWORKER_STORE__KIND", "redis")
+            .env("CALLWORKER_STORE__REDIS_URL", &redis.url())
+            .env("CALLWORKER_CHECKPOINT__INTERVAL_MS", "200")
+            .env("CALLWORKER_CHECKPOINT__LEASE_MS", "2000")
+            .env("CALLWORKER_GOVERNOR__DWELL_MS", "1000")
+    };
+    let mut heavy = Worker::start(fleet("governor-heavy").in_cgroup(&cgroup.dir)).await.unwrap();
+    let other = Worker::start(fleet("governor-other")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let base = cgroup.working_set().unwrap();
+    let limit = base
+        + (std::env::var("CW_TEST_HEADROOM_MB").ok().and_then(|v| v.parse().ok()).unwrap_or(24u64) << 20);
+    cgroup.set_limit(limit).unwrap();
+    eprintln!(
+        "cgroup {}: working set {} KiB at start, limit {} KiB",
+        cgroup.dir.display(),
+        base >> 10,
+        limit >> 10
+    );
+
+    const CALLS: usize = 40;
+    let l16 = AudioFormat { encoding: Encoding::L16, sample_rate_hz: 16_000 };
+    let api = ControlApi::new(&heavy.base_url);
+    let urls = vec![
+        format!("ws://127.0.0.1:{}/v1/media", heavy.port),
+        format!("ws://127.0.0.1:{}/v1/media", other.port),
+    ];
+    let mut calls = Vec::new();
+    for _ in 0..CALLS {
+        let created = api
+            .create_call(&json!({"program": {"name": "echo", "params": {"delay_ms": 4000}}, "audio": {"encoding": "l16", "sample_rate_hz": 16000}}))
+            .await
+            .unwrap();
+        let (call, events) = ResilientCall::connect(
+            urls.clone(),
+            created.call_id(),
+            &created.resume_token,
+            l16,
+            ResilientConfig::default(),
+        )
+        .await
+        .unwrap();
+        calls.push((call, events));
+    }
+    let frame = vec![0x11u8; 640];
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let mut peak = 0;
+    let mut acked = vec![0u64; CALLS];
+    let drain = |calls: &mut Vec<(ResilientCall, tokio::sync::mpsc::Receiver<CallEvent>)>,
+                     acked: &mut Vec<u64>| {
+        for (i, (_, events)) in calls.iter_mut().enumerate() {
+            while let Ok(e) = events.try_recv() {
+                match e {
+                    CallEvent::Acked { upto_seq } => acked[i] = acked[i].max(upto_seq),
+                    CallEvent::Ended(cause) => panic!("call {i} ended: {cause:?}"),
+                    _ => {}
+                }
+            }
+        }
+    };
+    for i in 0..500u32 {
+        tick.tick().await;
+        for (call, _) in &calls {
+            call.send_audio(&frame).await.unwrap();
+        }
+        drain(&mut calls, &mut acked);
+        if i % 25 == 0 {
+            let ws = cgroup.working_set().unwrap_or(0);
+            peak = peak.max(ws);
+            let level = admin_memory(&api).await["level"].clone();
+            eprintln!(
+                "t={}ms working set {} KiB ({:.2} of limit) level {level}",
+                i * 20,
+                ws >> 10,
+                ws as f64 / limit as f64
+            );
+        }
+    }
+    assert!(heavy.try_wait().unwrap().is_none(), "the worker was killed: {}", heavy.log_tail());
+    assert_eq!(cgroup.oom_kills().unwrap(), 0, "no OOM kill in the worker's cgroup");
+    let migrated = metric(&api, "callworker_governor_actions_total", &[("action", "migrate")]).await;
+    let other_api = ControlApi::new(&other.base_url);
+    let resumed = metric(&other_api, "callworker_calls_resumed_total", &[("cause", "migrated_memory")]).await;
+    eprintln!(
+        "peak working set {} KiB of {} KiB; migrated {migrated}, resumed elsewhere {resumed}",
+        peak >> 10,
+        limit >> 10
+    );
+    assert!(migrated >= 1.0, "the governor migrated calls");
+    assert!(resumed >= 1.0, "migrated calls resumed on the other worker with cause migrated_memory");
+    let last = 500u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while acked.iter().any(|&a| a < last) && std::time::Instant::now() < deadline {
+        drain(&mut calls, &mut acked);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (i, a) in acked.iter().enumerate() {
+        assert!(*a >= last, "call {i}: every frame acknowledged somewhere (acked up to {a})");
+    }
+    for (i, (call, _)) in calls.iter().enumerate() {
+        assert_eq!(call.stats().silence_frames_sent, 0, "call {i}: no audio lost to the migration");
+    }
+    drop(calls);
+    drop(heavy);
+    drop(other);
+    drop(redis);
+}

@@ -6,21 +6,31 @@
 //! - `shed`: no new calls (`POST /v1/calls` and the Twilio voice webhook answer 503
 //!   `memory_pressure` with `Retry-After`, `/readyz` is false); media sessions are still
 //!   admitted, so calls from dead or draining workers can resume here;
-//! - `migrate` and `emergency`: no media sessions either.
+//! - `migrate` and `emergency`: no media sessions either (so a migrated call cannot come
+//!   back here), and every sample migrates the calls with the largest memory accounts (a
+//!   few per sample, twice as many at `emergency`): each is checkpointed and its client told
+//!   to reconnect elsewhere; the resume there records `migrated_memory`;
+//! - `emergency` held at the last-resort pressure: the heaviest call is ended with
+//!   `shed_memory` (one per stretch) — a controlled loss of one call instead of a kernel
+//!   OOM kill of all of them.
+//!
+//! A call's memory account is what its driver holds: the encoded state (program buffers,
+//! timeline), unwritten recording and queued output, refreshed at every checkpoint.
 //!
 //! The last snapshot is served by `GET /v1/admin/memory` and exported as metrics.
 //!
-//! Not wired yet (issue 4): releasing allocator memory, migrating calls largest account
-//! first, per-call memory accounts and the last-resort end. The policy computes those
-//! decisions; this task does not act on them, and says so in its snapshot.
+//! Not wired yet (issue 4): releasing allocator memory (jemalloc purge) and shrinking
+//! per-call caps at `elevated`.
 
 use std::sync::Mutex;
 use std::time::Instant;
 
+use callworker_call::{EndReason, ResumeCause};
 use callworker_governor::{CgroupMemory, Decision, Level, Observation, Policy, discover, read_sample};
 use serde::Serialize;
 use tracing::{info, warn};
 
+use crate::live::Command;
 use crate::metrics as m;
 use crate::state::{AppState, now};
 
@@ -129,6 +139,7 @@ pub async fn run(state: AppState) {
             oom_event,
         });
         publish_level(&state, &decision);
+        act(&state, &decision);
         metrics::gauge!(m::GOVERNOR_PRESSURE).set(decision.pressure);
         metrics::gauge!(m::GOVERNOR_MEMORY_BYTES, "kind" => "working_set")
             .set(sample.working_set_bytes as f64);
@@ -145,6 +156,28 @@ pub async fn run(state: AppState) {
             growth_bytes_per_s: decision.growth_bytes_per_s,
             sampled_at_ms: now().0,
         });
+    }
+}
+
+/// Migrates the largest calls and, as a last resort, ends the heaviest one.
+fn act(state: &AppState, decision: &Decision) {
+    if decision.migrate > 0 {
+        for call in state.live.largest(decision.migrate as usize) {
+            let command = Command::Migrate { cause: ResumeCause::MigratedMemory };
+            if call.commands.try_send(command).is_ok() {
+                metrics::counter!(m::GOVERNOR_ACTIONS, "action" => "migrate").increment(1);
+                info!(call_id = %call.call_id, bytes = call.bytes, "memory governor migrating a call");
+            }
+        }
+    }
+    if decision.end_heaviest
+        && let Some(call) = state.live.largest(1).into_iter().next()
+    {
+        let (reply, _) = tokio::sync::oneshot::channel();
+        if call.commands.try_send(Command::End(EndReason::ShedMemory, reply)).is_ok() {
+            metrics::counter!(m::GOVERNOR_ACTIONS, "action" => "shed").increment(1);
+            warn!(call_id = %call.call_id, bytes = call.bytes, "memory governor ended the heaviest call (shed_memory)");
+        }
     }
 }
 

@@ -2,9 +2,10 @@
 //! driving them. Bounded by admission (one entry per session slot).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
-use callworker_call::{Action, Call, CallId, EndReason, Epoch};
+use callworker_call::{Action, Call, CallId, EndReason, Epoch, ResumeCause};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::Error;
@@ -20,6 +21,9 @@ pub enum Command {
     End(EndReason, oneshot::Sender<Result<Call, Error>>),
     /// A newer session on this worker took the call over: stop driving it.
     Superseded { epoch: Epoch },
+    /// Move the call to another worker: checkpoint it, tell the client to reconnect
+    /// elsewhere, and let go (the resume there records `cause`).
+    Migrate { cause: ResumeCause },
 }
 
 impl Command {
@@ -33,6 +37,16 @@ impl Command {
 struct Entry {
     epoch: Epoch,
     commands: mpsc::Sender<Command>,
+    /// Bytes the call holds on this worker (its memory account), kept by its driver.
+    account: Arc<AtomicU64>,
+}
+
+/// A locally driven call and its memory account, for the governor.
+#[derive(Debug, Clone)]
+pub struct Accounted {
+    pub call_id: CallId,
+    pub bytes: u64,
+    pub commands: mpsc::Sender<Command>,
 }
 
 /// Registry of locally driven calls.
@@ -49,8 +63,14 @@ impl LiveCalls {
 
     /// Registers the session holding `epoch`. A session of an older epoch for the same call
     /// is told it has been superseded (it would be fenced on its next write anyway).
-    pub fn register(&self, call_id: &CallId, epoch: Epoch, commands: mpsc::Sender<Command>) {
-        let old = self.lock().insert(call_id.clone(), Entry { epoch, commands });
+    pub fn register(
+        &self,
+        call_id: &CallId,
+        epoch: Epoch,
+        commands: mpsc::Sender<Command>,
+        account: Arc<AtomicU64>,
+    ) {
+        let old = self.lock().insert(call_id.clone(), Entry { epoch, commands, account });
         if let Some(old) = old
             && old.epoch < epoch
         {
@@ -74,6 +94,22 @@ impl LiveCalls {
 
     pub fn len(&self) -> usize {
         self.lock().len()
+    }
+
+    /// The `n` calls holding the most memory here, largest first.
+    pub fn largest(&self, n: usize) -> Vec<Accounted> {
+        let mut all: Vec<Accounted> = self
+            .lock()
+            .iter()
+            .map(|(id, e)| Accounted {
+                call_id: id.clone(),
+                bytes: e.account.load(Ordering::Relaxed),
+                commands: e.commands.clone(),
+            })
+            .collect();
+        all.sort_by(|a, b| b.bytes.cmp(&a.bytes).then_with(|| a.call_id.cmp(&b.call_id)));
+        all.truncate(n);
+        all
     }
 
     pub fn is_empty(&self) -> bool {

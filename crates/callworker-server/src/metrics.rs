@@ -72,6 +72,8 @@ pub const GOVERNOR_MEMORY_BYTES: &str = "callworker_governor_memory_bytes";
 pub const GOVERNOR_LIMIT_BYTES: &str = "callworker_governor_memory_limit_bytes";
 /// Governor level changes, by `from` and `to`.
 pub const GOVERNOR_TRANSITIONS: &str = "callworker_governor_level_transitions_total";
+/// Governor actions on calls, by `action` (migrate, shed).
+pub const GOVERNOR_ACTIONS: &str = "callworker_governor_actions_total";
 /// Samples the governor could not read.
 pub const GOVERNOR_READ_FAILURES: &str = "callworker_governor_read_failures_total";
 
@@ -144,5 +146,6 @@ fn describe() {
     describe_gauge!(GOVERNOR_MEMORY_BYTES, Unit::Bytes, "Worker cgroup memory, by kind");
     describe_gauge!(GOVERNOR_LIMIT_BYTES, Unit::Bytes, "Effective memory limit");
     describe_counter!(GOVERNOR_TRANSITIONS, "Memory governor level changes, by from and to");
+    describe_counter!(GOVERNOR_ACTIONS, "Governor actions on calls, by action (migrate, shed)");
     describe_counter!(GOVERNOR_READ_FAILURES, "Memory samples the governor could not read");
 }

@@ -66,11 +66,20 @@ pub struct WorkerOptions {
     pub name: String,
     /// Extra `CALLWORKER_*` variables (e.g. `("CALLWORKER_LIMITS__CALLS_MAX", "2")`).
     pub env: Vec<(String, String)>,
+    /// A cgroup v1 memory cgroup directory to start the worker in (see [`MemoryCgroup`]):
+    /// the worker joins it before `exec`, so everything it allocates is charged there.
+    pub cgroup: Option<PathBuf>,
 }
 
 impl WorkerOptions {
     pub fn named(name: &str) -> WorkerOptions {
-        WorkerOptions { name: name.to_owned(), env: Vec::new() }
+        WorkerOptions { name: name.to_owned(), env: Vec::new(), cgroup: None }
+    }
+
+    /// Starts the worker inside `cgroup` (a [`MemoryCgroup`]'s directory).
+    pub fn in_cgroup(mut self, cgroup: &Path) -> WorkerOptions {
+        self.cgroup = Some(cgroup.to_owned());
+        self
     }
 
     pub fn env(mut self, key: &str, value: &str) -> WorkerOptions {
@@ -98,7 +107,15 @@ impl Worker {
         let log_path = logs_dir().join(format!("{name}-{port}.log"));
         let log = File::create(&log_path).with_context(|| format!("create {}", log_path.display()))?;
         let bin = binary("callworker");
-        let mut command = Command::new(&bin);
+        let mut command = match &options.cgroup {
+            // The shell joins the cgroup, then becomes the worker (same PID).
+            Some(dir) => {
+                let mut c = Command::new("sh");
+                c.arg("-c").arg("echo $$ > \"$1/cgroup.procs\" && exec \"$2\"").arg("sh").arg(dir).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         command
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -407,4 +424,67 @@ fn ping(port: u16) -> bool {
         Ok(&reply == b"+PONG\r\n")
     };
     attempt().unwrap_or(false)
+}
+
+/// A cgroup v1 memory cgroup made for one test (`/sys/fs/cgroup/memory/cw-test-…`), removed
+/// on drop once its processes are gone. Needs root and a writable v1 memory hierarchy;
+/// [`MemoryCgroup::create`] says why when it cannot.
+#[derive(Debug)]
+pub struct MemoryCgroup {
+    pub dir: PathBuf,
+}
+
+impl MemoryCgroup {
+    /// The v1 memory hierarchy's mount point.
+    pub const ROOT: &'static str = "/sys/fs/cgroup/memory";
+
+    pub fn create(name: &str) -> anyhow::Result<MemoryCgroup> {
+        let root = Path::new(MemoryCgroup::ROOT);
+        if !root.join("memory.usage_in_bytes").exists() {
+            bail!("no cgroup v1 memory hierarchy at {}", root.display());
+        }
+        let dir = root.join(format!("cw-test-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).with_context(|| format!("create {} (needs root)", dir.display()))?;
+        Ok(MemoryCgroup { dir })
+    }
+
+    /// Sets `memory.limit_in_bytes`.
+    pub fn set_limit(&self, bytes: u64) -> anyhow::Result<()> {
+        let file = self.dir.join("memory.limit_in_bytes");
+        std::fs::write(&file, bytes.to_string()).with_context(|| format!("write {}", file.display()))
+    }
+
+    /// `memory.usage_in_bytes` − `total_inactive_file`: the working set.
+    pub fn working_set(&self) -> anyhow::Result<u64> {
+        let usage: u64 = std::fs::read_to_string(self.dir.join("memory.usage_in_bytes"))?.trim().parse()?;
+        let stat = std::fs::read_to_string(self.dir.join("memory.stat"))?;
+        let inactive = stat
+            .lines()
+            .find_map(|l| l.strip_prefix("total_inactive_file ").and_then(|v| v.trim().parse::<u64>().ok()))
+            .unwrap_or(0);
+        Ok(usage.saturating_sub(inactive))
+    }
+
+    /// Processes the kernel's OOM killer killed in this cgroup (`memory.oom_control`).
+    pub fn oom_kills(&self) -> anyhow::Result<u64> {
+        let text = std::fs::read_to_string(self.dir.join("memory.oom_control"))?;
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0))
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        // The processes must be gone (their guards are dropped first); retry briefly while
+        // the kernel finishes uncharging.
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.dir).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("callworker-testkit: could not remove {}", self.dir.display());
+    }
 }

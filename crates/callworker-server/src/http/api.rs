@@ -337,6 +337,7 @@ pub async fn admin_memory(State(state): State<AppState>) -> Result<Response, Err
         "thresholds": governor.thresholds,
         "configured_limit_bytes": governor.memory_limit_bytes,
         "live_calls": state.live.len(),
+        "top_calls": state.live.largest(10).into_iter().map(|c| json!({"call_id": c.call_id.as_str(), "bytes": c.bytes})).collect::<Vec<_>>(),
     }))
     .into_response())
 }

@@ -348,6 +348,9 @@ struct Driver {
     acked_seq: u64,
     /// Audio recorded since the last submitted checkpoint (it rides with the next one).
     recording: RecordingBuffer,
+    /// Bytes this call holds here (encoded state, unwritten recording, queued output),
+    /// refreshed at every checkpoint; the governor migrates the largest calls first.
+    account: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: Option<Stop>,
     /// Close frame to send once the last write is durable (see `finish`).
     closing: Option<(u16, String)>,
@@ -392,6 +395,7 @@ impl Driver {
             last_inbound: now_i,
             acked_seq,
             recording: RecordingBuffer::default(),
+            account: std::sync::Arc::default(),
             stop: None,
             closing: None,
             frames_in: metrics::counter!(m::FRAMES_IN, "transport" => label),
@@ -415,7 +419,7 @@ impl Driver {
                 .increment(1);
             metrics::histogram!(m::RESUME_GAP_SECONDS).record(r.gap_ms as f64 / 1000.0);
         }
-        self.state.live.register(&self.call_id, self.epoch, self.commands_tx.clone());
+        self.state.live.register(&self.call_id, self.epoch, self.commands_tx.clone(), self.account.clone());
         metrics::gauge!(m::CALLS_ACTIVE).increment(1.0);
         metrics::counter!(m::CALLS_ATTACHED, "transport" => self.transport.as_str(), "resumed" => if resume.is_some() { "true" } else { "false" }).increment(1);
         info!(call_id = %self.call_id, epoch = %self.epoch, transport = self.transport.as_str(), resumed = resume.is_some(), "call attached");
@@ -580,6 +584,10 @@ impl Driver {
                 info!(call_id = %self.call_id, epoch = %self.epoch, newer = %epoch, "superseded by a newer session");
                 self.fenced();
             }
+            Command::Migrate { cause } => {
+                info!(call_id = %self.call_id, epoch = %self.epoch, cause = cause.as_str(), "migrating the call to another worker");
+                self.migrate(cause);
+            }
         }
     }
 
@@ -680,10 +688,13 @@ impl Driver {
 
     fn pending(&mut self, end: Option<EndReason>) -> Pending {
         self.checkpoint_seq += 1;
+        let blob = Bytes::from(envelope::encode(&self.call));
+        let held = blob.len() + self.recording.len() + self.out.queued_bytes();
+        self.account.store(held as u64, std::sync::atomic::Ordering::Relaxed);
         Pending {
             seq: self.checkpoint_seq,
             inbound_applied_seq: self.call.media.inbound_applied_seq,
-            blob: Bytes::from(envelope::encode(&self.call)),
+            blob,
             recording: std::mem::take(&mut self.recording),
             end,
         }
@@ -728,12 +739,32 @@ impl Driver {
         self.closing = Some((close::NORMAL, format!("call_ended: {reason}")));
     }
 
+    /// The worker moves the call away on purpose: checkpoint it as detached with `cause`,
+    /// tell a native client to reconnect (`migrate`, close 4302), and close a Twilio stream
+    /// so that Twilio requests its action URL and reconnects through the load balancer.
+    fn migrate(&mut self, cause: callworker_call::ResumeCause) -> u16 {
+        if let Wire::Native(w) = &self.wire {
+            let msg = w.migrate(cause.as_str());
+            self.control(msg);
+        }
+        self.detach_because(close::MIGRATE, "migrated: reconnect to another worker", Some(cause))
+    }
+
     /// The session goes away but the call does not: checkpoint it as detached.
     fn detach(&mut self, code: u16, reason: &str) -> u16 {
+        let cause = (code == close::GOING_AWAY).then_some(callworker_call::ResumeCause::MigratedDrain);
+        self.detach_because(code, reason, cause)
+    }
+
+    fn detach_because(
+        &mut self,
+        code: u16,
+        reason: &str,
+        cause: Option<callworker_call::ResumeCause>,
+    ) -> u16 {
         if self.stop.is_some() {
             return code;
         }
-        let cause = (code == close::GOING_AWAY).then_some(callworker_call::ResumeCause::MigratedDrain);
         self.call.handle(now(), Input::Detached { cause }, &mut self.outputs);
         self.outputs.retain(|o| !matches!(o, Output::Checkpoint | Output::Audio { .. }));
         let ended = self.outputs.iter().find_map(|o| match o {

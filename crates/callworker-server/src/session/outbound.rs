@@ -132,6 +132,21 @@ impl OutboundQueue {
         self.notify.notify_one();
     }
 
+    /// Bytes of the messages queued right now (for the call's memory account).
+    pub fn queued_bytes(&self) -> usize {
+        self.lock()
+            .items
+            .iter()
+            .map(|i| match i {
+                Item::Audio(m) | Item::Control(m) => match m {
+                    Message::Text(t) => t.len(),
+                    Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+                    Message::Close(_) => 0,
+                },
+            })
+            .sum()
+    }
+
     pub fn is_closing(&self) -> bool {
         self.lock().closing
     }
