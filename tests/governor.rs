@@ -181,7 +181,7 @@ async fn near_its_cgroup_limit_a_worker_migrates_calls_instead_of_being_oom_kill
     let mut peak = 0;
     let mut acked = vec![0u64; CALLS];
     let drain = |calls: &mut Vec<(ResilientCall, tokio::sync::mpsc::Receiver<CallEvent>)>,
-                     acked: &mut Vec<u64>| {
+                 acked: &mut Vec<u64>| {
         for (i, (_, events)) in calls.iter_mut().enumerate() {
             while let Ok(e) = events.try_recv() {
                 match e {
@@ -238,4 +238,53 @@ async fn near_its_cgroup_limit_a_worker_migrates_calls_instead_of_being_oom_kill
     drop(heavy);
     drop(other);
     drop(redis);
+}
+
+/// Releasing allocator memory really returns it: after calls that held a few MB end, a
+/// purge lowers jemalloc's resident bytes in the running worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allocator_purge_returns_freed_memory_to_the_kernel() {
+    use callworker_client::resilient::{EndCause, ResilientCall, ResilientConfig};
+    use callworker_protocol::{AudioFormat, Encoding};
+
+    let worker = Worker::start(WorkerOptions::named("governor-purge")).await.unwrap();
+    let api = ControlApi::new(&worker.base_url);
+    let l16 = AudioFormat { encoding: Encoding::L16, sample_rate_hz: 16_000 };
+    let mut calls = Vec::new();
+    for _ in 0..40 {
+        let created = api
+            .create_call(&json!({"program": {"name": "echo", "params": {"delay_ms": 4000}}, "audio": {"encoding": "l16", "sample_rate_hz": 16000}}))
+            .await
+            .unwrap();
+        let (call, events) = ResilientCall::connect(
+            [created.media_url.clone()],
+            created.call_id(),
+            &created.resume_token,
+            l16,
+            ResilientConfig::default(),
+        )
+        .await
+        .unwrap();
+        calls.push((call, events));
+    }
+    let frame = vec![0x22u8; 640];
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..150 {
+        tick.tick().await;
+        for (call, _) in &calls {
+            call.send_audio(&frame).await.unwrap();
+        }
+    }
+    for (call, _) in calls {
+        assert_eq!(call.hangup().await, EndCause::HungUp);
+    }
+    let allocator = admin_memory(&api).await["allocator"].clone();
+    assert!(allocator["resident"].as_u64().is_some(), "jemalloc statistics are served: {allocator}");
+    let purge = api.http().post(format!("{}/v1/admin/memory/purge", worker.base_url)).send().await.unwrap();
+    assert_eq!(purge.status(), 200);
+    let report: Value = purge.json().await.unwrap();
+    let (before, after) =
+        (report["resident_before"].as_u64().unwrap(), report["resident_after"].as_u64().unwrap());
+    eprintln!("purge: resident {} KiB → {} KiB over {} arenas", before >> 10, after >> 10, report["arenas"]);
+    assert!(after + (1 << 20) <= before, "a purge after the calls ended returns at least 1 MiB: {report}");
 }

@@ -19,8 +19,10 @@
 //!
 //! The last snapshot is served by `GET /v1/admin/memory` and exported as metrics.
 //!
-//! Not wired yet (issue 4): releasing allocator memory (jemalloc purge) and shrinking
-//! per-call caps at `elevated`.
+//! From `elevated` on, the allocator's unused memory is returned to the kernel (rate-limited
+//! by the policy; see `allocator.rs`).
+//!
+//! Not wired yet (issue 4): shrinking per-call caps at `elevated`.
 
 use std::sync::Mutex;
 use std::time::Instant;
@@ -159,8 +161,22 @@ pub async fn run(state: AppState) {
     }
 }
 
-/// Migrates the largest calls and, as a last resort, ends the heaviest one.
+/// Releases allocator memory, migrates the largest calls and, as a last resort, ends the
+/// heaviest one.
 fn act(state: &AppState, decision: &Decision) {
+    if decision.purge {
+        tokio::task::spawn_blocking(|| match crate::allocator::purge() {
+            Ok(report) => {
+                metrics::counter!(m::GOVERNOR_ACTIONS, "action" => "purge").increment(1);
+                info!(
+                    resident_before = report.resident_before,
+                    resident_after = report.resident_after,
+                    "memory governor released allocator memory"
+                );
+            }
+            Err(e) => warn!(error = %e, "allocator purge failed"),
+        });
+    }
     if decision.migrate > 0 {
         for call in state.live.largest(decision.migrate as usize) {
             let command = Command::Migrate { cause: ResumeCause::MigratedMemory };

@@ -22,6 +22,7 @@
 //! - Every call that ends here ends with a reason, counted in `callworker_calls_ended_total`.
 
 pub mod admission;
+pub mod allocator;
 pub mod calls;
 pub mod config;
 pub mod error;

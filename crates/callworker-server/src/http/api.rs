@@ -327,6 +327,15 @@ pub async fn list_workers(State(state): State<AppState>) -> Result<Response, Err
     Ok(Json(json!({ "workers": workers })).into_response())
 }
 
+/// `POST /v1/admin/memory/purge`: returns the allocator's unused memory to the kernel now.
+pub async fn admin_memory_purge() -> Result<Response, Error> {
+    let report = tokio::task::spawn_blocking(crate::allocator::purge)
+        .await
+        .map_err(|_| Error::internal())?
+        .map_err(|e| Error::new(ErrorKind::Internal, "purge_failed", e))?;
+    Ok(Json(report).into_response())
+}
+
 /// `GET /v1/admin/memory`: the memory governor's level and last sample.
 pub async fn admin_memory(State(state): State<AppState>) -> Result<Response, Error> {
     let governor = &state.config.governor;
@@ -337,6 +346,7 @@ pub async fn admin_memory(State(state): State<AppState>) -> Result<Response, Err
         "thresholds": governor.thresholds,
         "configured_limit_bytes": governor.memory_limit_bytes,
         "live_calls": state.live.len(),
+        "allocator": crate::allocator::stats().ok(),
         "top_calls": state.live.largest(10).into_iter().map(|c| json!({"call_id": c.call_id.as_str(), "bytes": c.bytes})).collect::<Vec<_>>(),
     }))
     .into_response())
