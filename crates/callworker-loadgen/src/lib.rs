@@ -6,6 +6,10 @@
 //! - [`failover`]: the `failover` mode — N resilient native echo calls on one worker, which
 //!   is killed mid-stream; resume time (fault → first echo from the new worker), dropped
 //!   calls, caller audio lost, echo duplicates and gaps, recordings checked.
+//! - [`capacity`]: the `capacity` mode — levels of concurrent Twilio echo calls against the
+//!   worker and the bare echo ceiling alternately; SLO capacity, CPU, RSS and Redis per call.
+//! - [`soak`]: the `soak` mode — steady calls for a duration; drift of RSS, latency, Redis.
+//! - [`probe`]: `/proc` CPU and RSS of a server, Redis `INFO` over raw RESP.
 //! - [`call`]: one simulated call on an open-loop 20 ms clock ([`call::run`]).
 //! - [`echo`]: pure per-call bookkeeping: the cyclic test pattern, echo lag by byte offset,
 //!   byte-exactness ([`echo::EchoTracker`]).
@@ -23,9 +27,12 @@
 
 pub mod call;
 pub mod calls;
+pub mod capacity;
 pub mod echo;
 pub mod failover;
+pub mod probe;
 pub mod report;
+pub mod soak;
 
 use clap::{Parser, Subcommand};
 
@@ -45,6 +52,11 @@ pub enum Mode {
     /// Place N resilient echo calls on one worker, kill it mid-stream, and measure how the
     /// calls resume on the others.
     Failover(failover::FailoverArgs),
+    /// Ramp through levels of concurrent Twilio echo calls against the worker and the bare
+    /// echo ceiling, alternately, and report the largest level meeting the SLO for each.
+    Capacity(capacity::CapacityArgs),
+    /// Hold N Twilio echo calls for a duration and report drift in RSS, latency and Redis.
+    Soak(soak::SoakArgs),
 }
 
 /// Runs a mode; `Ok(false)` when its verdict failed.
@@ -52,6 +64,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<bool> {
     match mode {
         Mode::Calls(args) => calls::run(args).await,
         Mode::Failover(args) => failover::run(args).await,
+        Mode::Capacity(args) => capacity::run(args).await,
+        Mode::Soak(args) => soak::run(args).await,
     }
 }
 
@@ -90,6 +104,38 @@ mod tests {
         assert_eq!(args.target, "http://127.0.0.1:8080");
         assert!(Cli::try_parse_from(["callworker-loadgen", "calls", "--program", "tone"]).is_err());
         assert!(Cli::try_parse_from(["callworker-loadgen", "calls", "--calls", "0"]).is_err());
+    }
+
+    #[test]
+    fn the_capacity_and_soak_modes_parse() {
+        let cli = Cli::try_parse_from([
+            "callworker-loadgen",
+            "capacity",
+            "--target",
+            "http://127.0.0.1:1",
+            "--ceiling",
+            "http://127.0.0.1:2",
+            "--target-pid",
+            "10",
+            "--redis-port",
+            "6379",
+            "--levels",
+            "400,100",
+        ])
+        .unwrap();
+        let Mode::Capacity(args) = cli.mode else { panic!("capacity mode expected") };
+        assert_eq!(args.levels, [400, 100]);
+        assert_eq!((args.target_pid, args.ceiling_pid, args.redis_port), (Some(10), None, Some(6379)));
+        assert_eq!((args.ramp_s, args.hold_s, args.misses_max), (5.0, 10.0, 2));
+        assert!(Cli::try_parse_from(["callworker-loadgen", "capacity"]).is_err(), "a server is required");
+        assert!(
+            Cli::try_parse_from(["callworker-loadgen", "capacity", "--ceiling", "http://h", "--levels", "0"])
+                .is_err()
+        );
+        let cli = Cli::try_parse_from(["callworker-loadgen", "soak", "--calls", "50", "--duration-s", "30"])
+            .unwrap();
+        let Mode::Soak(args) = cli.mode else { panic!("soak mode expected") };
+        assert_eq!((args.calls, args.duration_s, args.interval_s), (50, 30.0, 5.0));
     }
 
     #[test]
