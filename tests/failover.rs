@@ -775,3 +775,41 @@ async fn a_draining_worker_hands_its_calls_to_another() {
     let sent: Vec<u8> = (1..=seq).flat_map(|s| frame(0, s)).collect();
     assert!(recorded == sent, "no audio lost across the drain");
 }
+
+/// `POST /v1/admin/drain`: the worker stops admitting and migrates every call to another
+/// worker; each resumes there with cause `migrated_drain`, losing no audio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_endpoint_moves_every_call_off_a_worker() {
+    let fleet = Fleet::start("admindrain", 2, &[]).await;
+    let api0 = fleet.api(0);
+    let mut calls = Vec::new();
+    for i in 0..3 {
+        let created = create_recorded_echo(&api0).await;
+        let (call, events) = connect(fleet.media_urls(0), &created).await;
+        for seq in 1..=10 {
+            call.send_audio(&frame(i, seq)).await.unwrap();
+        }
+        calls.push((created, call, events));
+    }
+    let url = format!("{}/v1/admin/drain", api0.base_url());
+    let body: Value = api0.http().post(url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["migrating"], 3, "{body}");
+    for (i, (_, call, events)) in calls.iter_mut().enumerate() {
+        until(events, WAIT, |e| matches!(e, CallEvent::Resumed { .. })).await;
+        for seq in 11..=20 {
+            call.send_audio(&frame(i, seq)).await.unwrap();
+        }
+        until(events, WAIT, |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= 20)).await;
+    }
+    let ready = api0.http().get(format!("{}/readyz", api0.base_url())).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert_eq!(metric(&api0, "callworker_calls_migrated_total", &[("reason", "migrated_drain")]).await, 3.0);
+    let api1 = fleet.api(1);
+    assert_eq!(metric(&api1, "callworker_calls_resumed_total", &[("cause", "migrated_drain")]).await, 3.0);
+    for (i, (created, call, _)) in calls.into_iter().enumerate() {
+        assert_eq!(call.hangup().await, EndCause::HungUp);
+        let recorded = recording(&api1, created.call_id()).await;
+        let sent: Vec<u8> = (1..=20).flat_map(|s| frame(i, s)).collect();
+        assert!(recorded == sent, "call {i}: nothing lost across the drain");
+    }
+}

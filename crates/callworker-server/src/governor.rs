@@ -27,7 +27,7 @@
 use std::sync::Mutex;
 use std::time::Instant;
 
-use callworker_call::{EndReason, ResumeCause};
+use callworker_call::{CallId, EndReason, ResumeCause};
 use callworker_governor::{CgroupMemory, Decision, Level, Observation, Policy, discover, read_sample};
 use serde::Serialize;
 use tracing::{info, warn};
@@ -53,12 +53,22 @@ pub struct Snapshot {
     pub sampled_at_ms: u64,
 }
 
+/// Allocator statistics are exported every this many samples (about once a second).
+const ALLOCATOR_EVERY: u64 = 4;
+
+/// Calls this worker migrated away and remembers, so it can refuse their return.
+const MIGRATED_AWAY_MAX: usize = 10_000;
+/// How long a migrated call is remembered.
+const MIGRATED_AWAY_TTL: std::time::Duration = std::time::Duration::from_secs(600);
+
 /// The governor's published state.
 #[derive(Debug, Default)]
 pub struct MemoryState {
     snapshot: Mutex<Option<Snapshot>>,
     /// Why the governor is idle, when it is.
     idle_reason: Mutex<Option<String>>,
+    /// Calls migrated away for memory, and when (bounded; oldest forgotten first).
+    migrated_away: Mutex<std::collections::HashMap<CallId, Instant>>,
 }
 
 impl MemoryState {
@@ -68,6 +78,30 @@ impl MemoryState {
 
     pub fn idle_reason(&self) -> Option<String> {
         self.idle_reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Remembers that `call_id` was migrated away for memory.
+    pub fn migrated_away(&self, call_id: &CallId) {
+        let mut map = self.migrated_away.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= MIGRATED_AWAY_MAX {
+            map.retain(|_, at| at.elapsed() < MIGRATED_AWAY_TTL);
+            if map.len() >= MIGRATED_AWAY_MAX
+                && let Some(oldest) = map.iter().min_by_key(|(_, at)| **at).map(|(id, _)| id.clone())
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(call_id.clone(), Instant::now());
+    }
+
+    /// Whether a call this worker migrated away for memory must be refused now: while the
+    /// worker is at or above the admission threshold (`shed`), it goes to another worker.
+    pub fn refuses_return(&self, call_id: &CallId, level: Level) -> bool {
+        if level.admits_new_calls() {
+            return false;
+        }
+        let map = self.migrated_away.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(call_id).is_some_and(|at| at.elapsed() < MIGRATED_AWAY_TTL)
     }
 
     fn set_idle(&self, reason: String) {
@@ -102,6 +136,7 @@ pub async fn run(state: AppState) {
     let mut policy = Policy::new(cfg.thresholds.clone());
     let started = Instant::now();
     let mut last_oom_kills: Option<u64> = None;
+    let mut samples: u64 = 0;
     let mut tick = tokio::time::interval(cfg.sample_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -142,6 +177,19 @@ pub async fn run(state: AppState) {
         });
         publish_level(&state, &decision);
         act(&state, &decision);
+        samples += 1;
+        if samples.is_multiple_of(ALLOCATOR_EVERY)
+            && let Ok(a) = crate::allocator::stats()
+        {
+            for (kind, v) in [
+                ("allocated", a.allocated),
+                ("active", a.active),
+                ("resident", a.resident),
+                ("retained", a.retained),
+            ] {
+                metrics::gauge!(m::ALLOCATOR_BYTES, "kind" => kind).set(v as f64);
+            }
+        }
         metrics::gauge!(m::GOVERNOR_PRESSURE).set(decision.pressure);
         metrics::gauge!(m::GOVERNOR_MEMORY_BYTES, "kind" => "working_set")
             .set(sample.working_set_bytes as f64);
@@ -168,6 +216,8 @@ fn act(state: &AppState, decision: &Decision) {
         tokio::task::spawn_blocking(|| match crate::allocator::purge() {
             Ok(report) => {
                 metrics::counter!(m::GOVERNOR_ACTIONS, "action" => "purge").increment(1);
+                metrics::counter!(m::ALLOCATOR_PURGED_BYTES)
+                    .increment(report.resident_before.saturating_sub(report.resident_after));
                 info!(
                     resident_before = report.resident_before,
                     resident_after = report.resident_after,
@@ -181,6 +231,7 @@ fn act(state: &AppState, decision: &Decision) {
         for call in state.live.largest(decision.migrate as usize) {
             let command = Command::Migrate { cause: ResumeCause::MigratedMemory };
             if call.commands.try_send(command).is_ok() {
+                state.memory.migrated_away(&call.call_id);
                 metrics::counter!(m::GOVERNOR_ACTIONS, "action" => "migrate").increment(1);
                 info!(call_id = %call.call_id, bytes = call.bytes, "memory governor migrating a call");
             }
@@ -217,5 +268,21 @@ fn publish_level(state: &AppState, decision: &Decision) {
                 "memory governor level down"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_migrated_call_is_refused_only_while_admission_is_shut() {
+        let memory = MemoryState::default();
+        let id = CallId::parse("c1").expect("valid id");
+        let other = CallId::parse("c2").expect("valid id");
+        memory.migrated_away(&id);
+        let refused: Vec<bool> = Level::ALL.iter().map(|&l| memory.refuses_return(&id, l)).collect();
+        assert_eq!(refused, [false, false, true, true, true]);
+        assert!(!memory.refuses_return(&other, Level::Emergency), "only calls it moved away");
     }
 }

@@ -96,6 +96,11 @@ impl LiveCalls {
         self.lock().len()
     }
 
+    /// Every locally driven call (for drain).
+    pub fn all(&self) -> Vec<Accounted> {
+        self.largest(usize::MAX)
+    }
+
     /// The `n` calls holding the most memory here, largest first.
     pub fn largest(&self, n: usize) -> Vec<Accounted> {
         let mut all: Vec<Accounted> = self

@@ -74,6 +74,14 @@ pub const GOVERNOR_LIMIT_BYTES: &str = "callworker_governor_memory_limit_bytes";
 pub const GOVERNOR_TRANSITIONS: &str = "callworker_governor_level_transitions_total";
 /// Governor actions on calls, by `action` (migrate, shed).
 pub const GOVERNOR_ACTIONS: &str = "callworker_governor_actions_total";
+/// Calls this worker moved to other workers, by `reason` (migrated_memory, migrated_drain).
+pub const CALLS_MIGRATED: &str = "callworker_calls_migrated_total";
+/// Allocator (jemalloc) figures, by `kind` (allocated, active, resident, retained).
+pub const ALLOCATOR_BYTES: &str = "callworker_allocator_bytes";
+/// Resident bytes released by allocator purges.
+pub const ALLOCATOR_PURGED_BYTES: &str = "callworker_allocator_purged_bytes_total";
+/// Per-call memory accounts, sampled at each checkpoint.
+pub const CALL_ACCOUNT_BYTES: &str = "callworker_call_account_bytes";
 /// Samples the governor could not read.
 pub const GOVERNOR_READ_FAILURES: &str = "callworker_governor_read_failures_total";
 
@@ -147,5 +155,13 @@ fn describe() {
     describe_gauge!(GOVERNOR_LIMIT_BYTES, Unit::Bytes, "Effective memory limit");
     describe_counter!(GOVERNOR_TRANSITIONS, "Memory governor level changes, by from and to");
     describe_counter!(GOVERNOR_ACTIONS, "Governor actions on calls, by action (migrate, shed)");
+    describe_counter!(CALLS_MIGRATED, "Calls moved to other workers, by reason");
+    describe_gauge!(ALLOCATOR_BYTES, Unit::Bytes, "jemalloc figures, by kind");
+    describe_counter!(ALLOCATOR_PURGED_BYTES, Unit::Bytes, "Resident bytes released by allocator purges");
+    describe_histogram!(
+        CALL_ACCOUNT_BYTES,
+        Unit::Bytes,
+        "Per-call memory accounts, sampled at each checkpoint"
+    );
     describe_counter!(GOVERNOR_READ_FAILURES, "Memory samples the governor could not read");
 }

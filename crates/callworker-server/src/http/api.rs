@@ -327,6 +327,22 @@ pub async fn list_workers(State(state): State<AppState>) -> Result<Response, Err
     Ok(Json(json!({ "workers": workers })).into_response())
 }
 
+/// `POST /v1/admin/drain`: stop admitting (readiness false, new calls and sessions 503
+/// `draining`) and migrate every call on this worker to other workers (their resumes record
+/// `migrated_drain`). The worker keeps running; stop it once `live_calls` is 0.
+pub async fn admin_drain(State(state): State<AppState>) -> Result<Response, Error> {
+    state.admission.start_draining();
+    let mut migrating = 0;
+    for call in state.live.all() {
+        let command = crate::live::Command::Migrate { cause: callworker_call::ResumeCause::MigratedDrain };
+        if call.commands.try_send(command).is_ok() {
+            migrating += 1;
+        }
+    }
+    tracing::info!(migrating, "drain requested: migrating every call away");
+    Ok(Json(json!({ "draining": true, "migrating": migrating })).into_response())
+}
+
 /// `POST /v1/admin/memory/purge`: returns the allocator's unused memory to the kernel now.
 pub async fn admin_memory_purge() -> Result<Response, Error> {
     let report = tokio::task::spawn_blocking(crate::allocator::purge)

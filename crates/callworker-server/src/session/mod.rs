@@ -277,6 +277,14 @@ async fn take_over(
     if let Some(reason) = record.end_reason {
         return Err(StoreError::Ended { reason }.into());
     }
+    if state.memory.refuses_return(&record.call_id, state.admission.memory_level()) {
+        return Err(Error::new(
+            ErrorKind::Overloaded,
+            "migrated_away",
+            "this worker moved the call away for memory; reconnect to another worker",
+        )
+        .retry_after(crate::admission::RETRY_AFTER_S));
+    }
     if let Some(cp) = &record.checkpoint {
         match envelope::decode(&cp.blob) {
             Ok(call) => check(&call)?,
@@ -691,6 +699,7 @@ impl Driver {
         let blob = Bytes::from(envelope::encode(&self.call));
         let held = blob.len() + self.recording.len() + self.out.queued_bytes();
         self.account.store(held as u64, std::sync::atomic::Ordering::Relaxed);
+        metrics::histogram!(m::CALL_ACCOUNT_BYTES).record(held as f64);
         Pending {
             seq: self.checkpoint_seq,
             inbound_applied_seq: self.call.media.inbound_applied_seq,
@@ -743,6 +752,7 @@ impl Driver {
     /// tell a native client to reconnect (`migrate`, close 4302), and close a Twilio stream
     /// so that Twilio requests its action URL and reconnects through the load balancer.
     fn migrate(&mut self, cause: callworker_call::ResumeCause) -> u16 {
+        metrics::counter!(m::CALLS_MIGRATED, "reason" => cause.as_str()).increment(1);
         if let Wire::Native(w) = &self.wire {
             let msg = w.migrate(cause.as_str());
             self.control(msg);
