@@ -494,6 +494,7 @@ impl Driver {
                     self.flush_outputs();
                 }
                 _ = tick.tick() => {
+                    self.follow_memory_level();
                     if self.last_inbound.elapsed() > self.state.config.limits.idle_timeout {
                         close_code = self.detach(close::TIMEOUT, "idle_timeout: no input within the idle timeout");
                     } else {
@@ -746,6 +747,18 @@ impl Driver {
             self.control(msg);
         }
         self.closing = Some((close::NORMAL, format!("call_ended: {reason}")));
+    }
+
+    /// Shrinks this session's per-call caps while the memory governor is above normal
+    /// (the outbound audio queue to a quarter of its bound), and restores them after.
+    fn follow_memory_level(&mut self) {
+        let full = self.state.config.limits.outbound_audio_frames_max;
+        let cap = if self.state.admission.memory_level() >= callworker_governor::Level::Elevated {
+            (full / 4).max(1)
+        } else {
+            full
+        };
+        self.out.set_audio_max(cap);
     }
 
     /// The worker moves the call away on purpose: checkpoint it as detached with `cause`,

@@ -43,7 +43,8 @@ pub enum ControlPush {
 pub struct OutboundQueue {
     inner: Mutex<Inner>,
     notify: Notify,
-    audio_max: usize,
+    /// Current audio bound (lowered while the memory governor is above normal).
+    audio_max: std::sync::atomic::AtomicUsize,
     control_max: usize,
 }
 
@@ -57,7 +58,7 @@ impl OutboundQueue {
                 closing: false,
             }),
             notify: Notify::new(),
-            audio_max: audio_max.max(1),
+            audio_max: std::sync::atomic::AtomicUsize::new(audio_max.max(1)),
             control_max: control_max.max(1),
         }
     }
@@ -76,7 +77,7 @@ impl OutboundQueue {
             return 0;
         }
         let mut dropped = 0;
-        if inner.audio_len >= self.audio_max
+        if inner.audio_len >= self.audio_max.load(std::sync::atomic::Ordering::Relaxed)
             && let Some(pos) = inner.items.iter().position(|i| matches!(i, Item::Audio(_)))
         {
             inner.items.remove(pos);
@@ -130,6 +131,12 @@ impl OutboundQueue {
         inner.control_len += 1;
         drop(inner);
         self.notify.notify_one();
+    }
+
+    /// Changes the audio bound (at least 1). Audio already queued beyond a lower bound is
+    /// dropped oldest first as new audio arrives.
+    pub fn set_audio_max(&self, audio_max: usize) {
+        self.audio_max.store(audio_max.max(1), std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Bytes of the messages queued right now (for the call's memory account).
@@ -194,6 +201,18 @@ mod tests {
         q.drain_into(&mut batch).await;
         let got: Vec<String> = batch.iter().map(text).collect();
         assert_eq!(got, ["mark", "bin:2", "bin:3"]);
+    }
+
+    #[tokio::test]
+    async fn a_lowered_audio_bound_applies_to_new_audio_and_bytes_are_counted() {
+        let q = OutboundQueue::new(10, 4);
+        q.set_audio_max(2);
+        let dropped: usize = (1..=3).map(|i| q.push_audio(Message::Binary(vec![i; 100].into()))).sum();
+        assert_eq!(dropped, 1);
+        assert_eq!(q.queued_bytes(), 200);
+        let mut batch = Vec::new();
+        q.drain_into(&mut batch).await;
+        assert_eq!(batch.iter().map(text).collect::<Vec<_>>(), ["bin:2", "bin:3"]);
     }
 
     #[tokio::test]
