@@ -39,6 +39,15 @@ pub struct Config {
     pub store: StoreConfig,
     pub resume: ResumeConfig,
     pub governor: GovernorConfig,
+    pub profiling: ProfilingConfig,
+}
+
+/// On-demand heap profiling (see `profiling.rs`).
+#[derive(Debug, Clone)]
+pub struct ProfilingConfig {
+    /// Whether `GET /v1/admin/memory/profile` may take heap profiles. It also needs the
+    /// process started with `_RJEM_MALLOC_CONF=prof:true,…`; off, the endpoint answers 404.
+    pub enabled: bool,
 }
 
 /// The memory governor (see `governor.rs`).
@@ -231,6 +240,13 @@ struct RawConfig {
     store: RawStore,
     resume: RawResume,
     governor: RawGovernor,
+    profiling: RawProfiling,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProfiling {
+    enabled: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -648,7 +664,21 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         thresholds,
     };
 
-    Ok(Config { server, log, limits, calls, checkpoint, twilio, security, store, resume, governor })
+    let profiling = ProfilingConfig { enabled: raw.profiling.enabled };
+
+    Ok(Config {
+        server,
+        log,
+        limits,
+        calls,
+        checkpoint,
+        twilio,
+        security,
+        store,
+        resume,
+        governor,
+        profiling,
+    })
 }
 
 #[cfg(test)]
@@ -670,6 +700,13 @@ mod tests {
         let config = load(&[]).expect("config/default.toml must validate");
         assert_eq!(config.limits.ws_message_bytes_max, 65_536);
         assert!(matches!(config.store, StoreConfig::Memory { .. }));
+        assert!(!config.profiling.enabled, "heap profiling is opt-in");
+    }
+
+    #[test]
+    fn profiling_is_enabled_by_its_env_var() {
+        let config = load(&[("CALLWORKER_PROFILING__ENABLED", "true")]).unwrap();
+        assert!(config.profiling.enabled);
     }
 
     #[test]

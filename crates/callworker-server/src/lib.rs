@@ -30,6 +30,7 @@ pub mod governor;
 pub mod http;
 pub mod live;
 pub mod metrics;
+pub mod profiling;
 pub mod reaper;
 pub mod registry;
 pub mod session;

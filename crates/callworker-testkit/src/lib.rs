@@ -64,7 +64,9 @@ pub fn signal(pid: u32, sig: Signal) -> anyhow::Result<()> {
 pub struct WorkerOptions {
     /// Name used for the log file.
     pub name: String,
-    /// Extra `CALLWORKER_*` variables (e.g. `("CALLWORKER_LIMITS__CALLS_MAX", "2")`).
+    /// Extra environment variables, passed as given: `CALLWORKER_*` configuration (e.g.
+    /// `("CALLWORKER_LIMITS__CALLS_MAX", "2")`) or process-level ones such as
+    /// `_RJEM_MALLOC_CONF` (jemalloc's options, read at start; see `profiling.rs`).
     pub env: Vec<(String, String)>,
     /// A cgroup v1 memory cgroup directory to start the worker in (see [`MemoryCgroup`]):
     /// the worker joins it before `exec`, so everything it allocates is charged there.

@@ -367,3 +367,62 @@ pub async fn admin_memory(State(state): State<AppState>) -> Result<Response, Err
     }))
     .into_response())
 }
+
+/// Query of `GET /v1/admin/memory/profile`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileQuery {
+    /// Sampling window in seconds (1..=300; default 30).
+    seconds: Option<u64>,
+}
+
+/// `GET /v1/admin/memory/profile?seconds=N`: samples heap allocations for N seconds and
+/// answers the heap profile as gzipped pprof protobuf (see `profiling.rs`). 404
+/// `profiling_disabled` unless `[profiling] enabled`; 409 `profiling_unavailable` unless the
+/// worker was started with `_RJEM_MALLOC_CONF=prof:true,…`; 409 `profile_in_progress` while
+/// another profile is being taken.
+pub async fn admin_memory_profile(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ProfileQuery>,
+) -> Result<Response, Error> {
+    use crate::profiling::{self, ProfileError};
+
+    if !state.config.profiling.enabled {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "profiling_disabled",
+            "heap profiling is disabled by configuration ([profiling] enabled, CALLWORKER_PROFILING__ENABLED)",
+        ));
+    }
+    let to_error = |e: ProfileError| match e {
+        ProfileError::WindowOutOfBounds(_) => {
+            Error::new(ErrorKind::InvalidRequest, "invalid_seconds", e.to_string())
+        }
+        ProfileError::Unavailable => Error::new(ErrorKind::Conflict, "profiling_unavailable", e.to_string()),
+        ProfileError::InProgress => Error::new(ErrorKind::Conflict, "profile_in_progress", e.to_string()),
+        ProfileError::Failed(detail) => {
+            tracing::error!(error = %detail, "heap profile failed");
+            Error::new(ErrorKind::Internal, "profile_failed", "the heap profile could not be taken")
+        }
+    };
+    let window = profiling::window(query.seconds).map_err(to_error)?;
+    let slot = profiling::claim().map_err(to_error)?;
+    let profile = profiling::capture(slot, window).await.map_err(to_error)?;
+    let worker: String = state
+        .worker_id
+        .as_str()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .collect();
+    let taken_s =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let disposition = format!("attachment; filename=\"callworker-heap-{worker}-{taken_s}.pb.gz\"");
+    Ok((
+        [
+            (axum::http::header::CONTENT_TYPE, "application/octet-stream".to_owned()),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        profile,
+    )
+        .into_response())
+}

@@ -34,6 +34,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/workers", get(api::list_workers))
         .route("/v1/admin/memory", get(api::admin_memory))
         .route("/v1/admin/memory/purge", post(api::admin_memory_purge))
+        .route("/v1/admin/memory/profile", get(api::admin_memory_profile))
         .route("/v1/admin/drain", post(api::admin_drain))
         .route("/v1/media", get(media::native_media))
         .route("/twilio/voice", post(twilio::voice))
