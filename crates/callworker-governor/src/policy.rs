@@ -24,7 +24,9 @@
 //!   row are treated as pressure at the [`Level::Shed`] threshold: not knowing is not
 //!   "normal".
 //! - The policy's own work is bounded: purges at most every
-//!   [`Thresholds::purge_interval_ms`], migrations per tick capped.
+//!   [`Thresholds::purge_interval_ms`], migrations per tick capped, and migration stops as
+//!   soon as the pressure is no longer high for the level (below its exit threshold and not
+//!   projected to reach its entry), even while the level waits out its dwell.
 
 use serde::Serialize;
 
@@ -272,7 +274,7 @@ impl Policy {
     /// The level stays; actions continue (used between unreadable observations).
     fn hold(&mut self, at_ms: u64) -> Decision {
         let pressure = self.thresholds.enter_of(self.level);
-        self.actions(at_ms, pressure, None)
+        self.actions(at_ms, pressure, pressure, None)
     }
 
     fn decide(&mut self, at_ms: u64, pressure: f64, projected: f64, oom_event: bool) -> Decision {
@@ -302,21 +304,39 @@ impl Policy {
             self.clear_since_ms = None;
         }
         let transition = (self.level != from).then_some((from, self.level));
-        self.actions(at_ms, pressure, transition)
+        self.actions(at_ms, pressure, projected, transition)
     }
 
-    fn actions(&mut self, at_ms: u64, pressure: f64, transition: Option<(Level, Level)>) -> Decision {
+    /// Whether the pressure (or its projection) is still high for `level`: at or above the
+    /// level's exit threshold, or projected to reach its entry threshold.
+    fn still_high(&self, level: Level, pressure: f64, projected: f64) -> bool {
+        pressure >= self.thresholds.exit_of(level) || projected >= self.thresholds.enter_of(level)
+    }
+
+    fn actions(
+        &mut self,
+        at_ms: u64,
+        pressure: f64,
+        projected: f64,
+        transition: Option<(Level, Level)>,
+    ) -> Decision {
         let t = &self.thresholds;
         let purge = self.level >= Level::Elevated
             && self.last_purge_ms.is_none_or(|last| at_ms.saturating_sub(last) >= t.purge_interval_ms);
         if purge {
             self.last_purge_ms = Some(at_ms);
         }
-        let migrate = match self.level {
-            Level::Migrate => t.migrations_per_tick,
-            Level::Emergency => t.migrations_per_tick.saturating_mul(2),
-            _ => 0,
-        };
+        // Migration stops as soon as the pressure is no longer high for the level, even
+        // while the level waits out its dwell: the calls already moved are enough.
+        let k = t.migrations_per_tick;
+        let migrate =
+            if self.level == Level::Emergency && self.still_high(Level::Emergency, pressure, projected) {
+                k.saturating_mul(2)
+            } else if self.level >= Level::Migrate && self.still_high(Level::Migrate, pressure, projected) {
+                k
+            } else {
+                0
+            };
         let mut end_heaviest = false;
         if self.level == Level::Emergency && pressure >= t.last_resort {
             let since = *self.last_resort_since_ms.get_or_insert(at_ms);
@@ -476,6 +496,11 @@ mod tests {
         assert_eq!(p.observe(obs(20_000, 0.76)).migrate, 0);
         assert_eq!(p.observe(obs(20_250, 0.88)).migrate, k);
         assert_eq!(p.observe(obs(20_500, 0.94)).migrate, 2 * k);
+        // Below emergency's exit but still high for migrate: the lower rate.
+        assert_eq!(p.observe(obs(20_750, 0.85)).migrate, k);
+        // Pressure relieved: the level waits out its dwell, but migration stops.
+        let d = p.observe(obs(21_000, 0.60));
+        assert_eq!((d.level, d.migrate), (Level::Emergency, 0));
     }
 
     #[test]

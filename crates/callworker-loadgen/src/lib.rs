@@ -8,6 +8,9 @@
 //!   calls, caller audio lost, echo duplicates and gaps, recordings checked.
 //! - [`capacity`]: the `capacity` mode — levels of concurrent Twilio echo calls against the
 //!   worker and the bare echo ceiling alternately; SLO capacity, CPU, RSS and Redis per call.
+//! - [`drill`]: the `drill` mode — the OOM drill's load: ramp calls onto a worker in a memory
+//!   cgroup, sample its cgroup and governor, and classify every call (live / resumed
+//!   elsewhere / dropped); `drill-report` puts several runs side by side.
 //! - [`soak`]: the `soak` mode — steady calls for a duration; drift of RSS, latency, Redis.
 //! - [`probe`]: `/proc` CPU and RSS of a server, Redis `INFO` over raw RESP.
 //! - [`call`]: one simulated call on an open-loop 20 ms clock ([`call::run`]).
@@ -28,6 +31,7 @@
 pub mod call;
 pub mod calls;
 pub mod capacity;
+pub mod drill;
 pub mod echo;
 pub mod failover;
 pub mod probe;
@@ -57,6 +61,11 @@ pub enum Mode {
     Capacity(capacity::CapacityArgs),
     /// Hold N Twilio echo calls for a duration and report drift in RSS, latency and Redis.
     Soak(soak::SoakArgs),
+    /// The OOM drill's load: ramp calls onto a worker in a memory cgroup past what fits,
+    /// sample its memory and governor, and report how every call fared.
+    Drill(drill::DrillArgs),
+    /// Print several `drill --out` reports side by side; fails if any run failed.
+    DrillReport(drill::report::DrillReportArgs),
 }
 
 /// Runs a mode; `Ok(false)` when its verdict failed.
@@ -66,6 +75,8 @@ pub async fn run(mode: Mode) -> anyhow::Result<bool> {
         Mode::Failover(args) => failover::run(args).await,
         Mode::Capacity(args) => capacity::run(args).await,
         Mode::Soak(args) => soak::run(args).await,
+        Mode::Drill(args) => drill::run(args).await,
+        Mode::DrillReport(args) => drill::report::run_compare(args),
     }
 }
 
