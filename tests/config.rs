@@ -21,3 +21,17 @@ fn invalid_configuration_exits_64_with_a_one_line_reason() {
     let (code, out) = run_worker_command(&["--env", "no-such-env"], &[]).unwrap();
     assert_eq!(code, Some(64), "{out}");
 }
+
+/// The Kubernetes ConfigMap is generated from a copy of `config/default.toml` (kustomize
+/// cannot read files outside its tree); the copy must not drift. `scripts/lint-deploy
+/// --update` refreshes it.
+#[test]
+fn the_kubernetes_copy_of_the_default_config_is_identical() {
+    let root = callworker_testkit::workspace_root();
+    let original = std::fs::read(root.join("config/default.toml")).unwrap();
+    let copy = std::fs::read(root.join("k8s/base/default.toml")).unwrap();
+    assert!(
+        original == copy,
+        "k8s/base/default.toml differs from config/default.toml: run scripts/lint-deploy --update"
+    );
+}

@@ -594,11 +594,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             recording_track_bytes_max,
         },
         "redis" => {
-            if !(st.redis_url.starts_with("redis://")
-                || st.redis_url.starts_with("rediss://")
-                || st.redis_url.starts_with("unix://"))
-            {
-                return Err(invalid("store.redis_url must start with redis://, rediss:// or unix://"));
+            if st.redis_url.starts_with("rediss://") {
+                return Err(invalid("store.redis_url: TLS (rediss://) is not built into this worker yet"));
+            }
+            if !(st.redis_url.starts_with("redis://") || st.redis_url.starts_with("unix://")) {
+                return Err(invalid("store.redis_url must start with redis:// or unix://"));
             }
             if st.redis_namespace.is_empty()
                 || !st.redis_namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
