@@ -5,7 +5,10 @@
 //! Timeline of a run:
 //! 1. Setup: every call is created through the victim's control API (recording its inbound
 //!    track) and connected with a [`ResilientCall`] whose media URLs list the victim first,
-//!    then the other workers (rotated per call, as a load balancer would spread them).
+//!    then the other workers (rotated per call, as a load balancer would spread them). With
+//!    `--media-url` (a load balancer in front of the fleet) the list is the victim, then that
+//!    URL only: every call still lands on the victim, and every resume goes through the
+//!    load balancer, which picks the survivor.
 //! 2. Streaming starts for all calls at once, each on its own 20 ms open-loop clock offset
 //!    by a phase within the period. Each frame names its client `seq` in its first bytes.
 //! 3. After `--before-s` the fault: `--signal` (SIGKILL by default) to `--victim-pid`, or
@@ -98,6 +101,12 @@ pub struct FailoverArgs {
     /// PID of the victim's process; the fault sends it --signal.
     #[arg(long)]
     pub victim_pid: Option<u32>,
+    /// A load balancer in front of the workers (http(s):// base URL, or its ws(s):// media
+    /// URL). Each client connects first to the victim directly, so that every call is on
+    /// it, and then resumes only through this URL (the client alternates between its URLs
+    /// on failed attempts, so a refused attempt at the dead victim costs one backoff step).
+    #[arg(long)]
+    pub media_url: Option<String>,
     /// Signal sent to --victim-pid at the fault.
     #[arg(long, value_enum, default_value_t = FaultSignal::Kill)]
     pub signal: FaultSignal,
@@ -132,6 +141,16 @@ pub fn media_url(base_url: &str) -> anyhow::Result<String> {
         Ok(format!("wss://{rest}/v1/media"))
     } else {
         bail!("a worker must be an http:// or https:// base URL, not `{base_url}`")
+    }
+}
+
+/// `--media-url` as a media URL: a ws(s):// URL is taken as it is, an http(s):// base URL
+/// becomes its `/v1/media`.
+pub fn lb_media_url(url: &str) -> anyhow::Result<String> {
+    if url.starts_with("ws://") || url.starts_with("wss://") {
+        Ok(url.to_owned())
+    } else {
+        media_url(url).context("--media-url must be an http(s):// base URL or a ws(s):// media URL")
     }
 }
 
@@ -173,8 +192,12 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
     let workers: Vec<String> = args.workers.iter().map(|w| w.trim_end_matches('/').to_owned()).collect();
     let media: Vec<String> = workers.iter().map(|w| media_url(w)).collect::<anyhow::Result<_>>()?;
     let victim = victim_index(&workers, &args.victim)?;
-    let others: Vec<String> =
-        media.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, m)| m.clone()).collect();
+    // Where clients go after their first connection: the load balancer alone, or the
+    // surviving workers.
+    let others: Vec<String> = match &args.media_url {
+        Some(url) => vec![lb_media_url(url)?],
+        None => media.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, m)| m.clone()).collect(),
+    };
     let frames = frames_for(args.before_s) + frames_for(args.after_s);
     if frames > FRAMES_PLANNED_MAX {
         bail!("--before-s plus --after-s must be at most {} s", FRAMES_PLANNED_MAX / 50);
@@ -381,6 +404,13 @@ mod tests {
         assert_eq!(victim_index(&w, "http://b:2/").unwrap(), 1);
         assert!(victim_index(&w, "3").is_err());
         assert!(victim_index(&w, "http://d:4").is_err());
+    }
+
+    #[test]
+    fn the_load_balancer_url_is_a_media_url() {
+        assert_eq!(lb_media_url("http://127.0.0.1:9000").unwrap(), "ws://127.0.0.1:9000/v1/media");
+        assert_eq!(lb_media_url("wss://lb.example/v1/media").unwrap(), "wss://lb.example/v1/media");
+        assert!(lb_media_url("tcp://lb").is_err());
     }
 
     #[test]

@@ -176,9 +176,16 @@ mod tests {
         assert_eq!(args.signal, failover::FaultSignal::Term);
         assert_eq!(args.verify_recordings, failover::RecordingSample::First(10));
         assert!(args.json && !args.drop_connections);
+        assert_eq!(args.media_url, None);
         let base = ["callworker-loadgen", "failover", "--workers", "http://127.0.0.1:1"];
         assert!(Cli::try_parse_from(base).is_err(), "a fault is required");
         assert!(Cli::try_parse_from([&base[..], &["--drop-connections"]].concat()).is_ok());
+        let cli = Cli::try_parse_from(
+            [&base[..], &["--victim-pid", "1", "--media-url", "http://127.0.0.1:3"]].concat(),
+        )
+        .unwrap();
+        let Mode::Failover(args) = cli.mode else { panic!("failover mode expected") };
+        assert_eq!(args.media_url.as_deref(), Some("http://127.0.0.1:3"));
         assert!(
             Cli::try_parse_from([&base[..], &["--drop-connections", "--victim-pid", "1"]].concat()).is_err(),
             "only one fault"
