@@ -19,6 +19,14 @@
 //! 5. Optionally the inbound recording of each call is fetched from a surviving worker and
 //!    compared with the frames sent.
 //!
+//! With `--no-fault` (the rolling-restart mode of `scripts/fleet`) nothing is injected: the
+//! calls are created round-robin over every worker (each connects first to its own worker,
+//! then resumes through `--media-url` or the others), stream for `--before-s` plus
+//! `--after-s`, and whatever happens to the workers meanwhile (someone else SIGTERMs them in
+//! turn) is what the run measures: a call is dropped when it did not end by its own
+//! hang-up, and resumed when it saw a session of a later epoch. Resume times need a fault
+//! instant and are not reported then.
+//!
 //! The resume time of a call is from the fault's instant to the first echoed frame of a
 //! new epoch: the first audio the new worker processed. The client's own `Resumed.gap_ms`
 //! (session lost → `welcome`) is reported beside it.
@@ -89,7 +97,7 @@ fn phase_s(text: &str) -> Result<f64, String> {
 
 /// Options of the `failover` mode.
 #[derive(Debug, Clone, Args)]
-#[command(group(ArgGroup::new("fault").required(true).args(["victim_pid", "drop_connections"])))]
+#[command(group(ArgGroup::new("fault").required(true).args(["victim_pid", "drop_connections", "no_fault"])))]
 pub struct FailoverArgs {
     /// Base URLs of the workers (http://host:port), comma-separated.
     #[arg(long, value_delimiter = ',', required = true)]
@@ -114,6 +122,11 @@ pub struct FailoverArgs {
     /// network-failure drill; works with one worker and the memory store).
     #[arg(long)]
     pub drop_connections: bool,
+    /// Inject no fault: create the calls round-robin over every worker and stream for
+    /// --before-s plus --after-s while something else restarts the workers (a rolling
+    /// restart); prints "streaming started" on stderr when the audio starts.
+    #[arg(long)]
+    pub no_fault: bool,
     /// Calls to place.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub calls: u32,
@@ -208,6 +221,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
             .with_context(|| format!("--victim-pid {}: no such process", pid.as_raw_nonzero()))?;
     }
     let fault = match (victim_pid, args.signal) {
+        (None, _) if args.no_fault => "none",
         (None, _) => "drop_connections",
         (Some(_), FaultSignal::Kill) => "sigkill",
         (Some(_), FaultSignal::Term) => "sigterm",
@@ -217,7 +231,6 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
     let (start_tx, start_rx) = watch::channel(None);
     let (drop_tx, drop_rx) = watch::channel(None);
     let shared = Shared {
-        api: ControlApi::new(&workers[victim]),
         create_body: Arc::new(json!({
             "program": {"name": "echo", "params": {"delay_ms": 0}},
             "record": {"inbound": true},
@@ -225,18 +238,26 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
         setup_permits: Arc::new(Semaphore::new(SETUP_CONCURRENCY)),
         ready: ready_tx,
         start: start_rx,
-        drop_at: victim_pid.is_none().then_some(drop_rx),
+        drop_at: (victim_pid.is_none() && !args.no_fault).then_some(drop_rx),
         config: ResilientConfig::default(),
     };
+    let apis: Vec<ControlApi> = workers.iter().map(|w| ControlApi::new(w)).collect();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for index in 0..args.calls {
+        // Without a fault every worker is a home in turn, so the calls are spread over all.
+        let home = if args.no_fault { index as usize % workers.len() } else { victim };
+        let home_others: Vec<String> = match &args.media_url {
+            Some(_) => others.clone(),
+            None => media.iter().enumerate().filter(|(i, _)| *i != home).map(|(_, m)| m.clone()).collect(),
+        };
         let plan = CallPlan {
             index,
             frames,
             seed: u64::from(index) + 1,
             phase: crate::calls::start_offset(index, args.calls, 0.02),
-            media_urls: media_urls_for(&media[victim], &others, index),
+            media_urls: media_urls_for(&media[home], &home_others, index),
+            api: apis[home].clone(),
         };
         tasks.spawn(call::run(plan, shared.clone()));
     }
@@ -255,9 +276,16 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
     let start_at = Instant::now() + START_LEAD;
     start_tx.send_replace(Some(start_at));
     let fault_due = start_at + Duration::from_secs_f64(args.before_s);
+    if args.no_fault {
+        eprintln!(
+            "callworker-loadgen: {ready} calls set up; streaming started ({:.1} s per call, no fault injected)",
+            args.before_s + args.after_s
+        );
+    }
     sleep_until(fault_due).await;
     let fault_at = Instant::now();
     match victim_pid {
+        None if args.no_fault => {}
         Some(pid) => {
             let signal = match args.signal {
                 FaultSignal::Kill => Signal::KILL,
@@ -271,7 +299,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
         }
     }
     let fault_late_ms = fault_at.saturating_duration_since(fault_due).as_secs_f64() * 1_000.0;
-    if !args.json {
+    if !args.json && !args.no_fault {
         eprintln!(
             "callworker-loadgen: {ready} calls set up; fault ({fault}) injected {:.1} s into streaming",
             fault_at.saturating_duration_since(start_at).as_secs_f64()
@@ -306,8 +334,8 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
         after_s: args.after_s,
         frames_per_call: frames,
     };
-    let report =
-        Report::build(info, started.elapsed().as_secs_f64(), Some(fault_at), fault_late_ms, outcomes);
+    let fault_at = (!args.no_fault).then_some(fault_at);
+    let report = Report::build(info, started.elapsed().as_secs_f64(), fault_at, fault_late_ms, outcomes);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report).context("encode the report")?);
     } else {

@@ -193,5 +193,14 @@ mod tests {
         assert!(
             Cli::try_parse_from([&base[..], &["--drop-connections", "--before-s", "0"]].concat()).is_err()
         );
+        let cli =
+            Cli::try_parse_from([&base[..], &["--no-fault", "--before-s", "1", "--after-s", "60"]].concat())
+                .unwrap();
+        let Mode::Failover(args) = cli.mode else { panic!("failover mode expected") };
+        assert!(args.no_fault && args.victim_pid.is_none());
+        assert!(
+            Cli::try_parse_from([&base[..], &["--no-fault", "--victim-pid", "1"]].concat()).is_err(),
+            "no fault excludes a fault"
+        );
     }
 }

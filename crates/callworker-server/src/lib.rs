@@ -106,6 +106,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let metrics = metrics::install();
+    ::metrics::gauge!(metrics::PROCESS_START_TIME).set(state::now().0 as f64 / 1000.0);
     let worker_id = config.server.worker_id.clone().unwrap_or_else(new_worker_id);
     let store = open_store(&config).await?;
     if config.security.token_secret == DEV_TOKEN_SECRET.as_bytes() {

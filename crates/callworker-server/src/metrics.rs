@@ -59,6 +59,8 @@ pub const RECORDING_DROPPED_BYTES: &str = "callworker_recording_dropped_bytes_to
 pub const REAPER_ACTIONS: &str = "callworker_reaper_actions_total";
 /// Twilio REST call updates, by `outcome`.
 pub const TWILIO_REST_REQUESTS: &str = "callworker_twilio_rest_requests_total";
+/// When this worker process started (Unix seconds): a change means a restart.
+pub const PROCESS_START_TIME: &str = "callworker_process_start_time_seconds";
 /// Live workers in the registry, as this worker last saw it.
 pub const WORKERS_LIVE: &str = "callworker_workers_live";
 
@@ -149,6 +151,7 @@ fn describe() {
     describe_counter!(REAPER_ACTIONS, "Orphaned calls handled by the reaper, by action");
     describe_counter!(TWILIO_REST_REQUESTS, "Twilio REST call updates, by outcome");
     describe_gauge!(WORKERS_LIVE, "Live workers in the registry");
+    describe_gauge!(PROCESS_START_TIME, Unit::Seconds, "When this worker process started (Unix seconds)");
     describe_gauge!(GOVERNOR_LEVEL, "Memory governor level (0 normal .. 4 emergency)");
     describe_gauge!(GOVERNOR_PRESSURE, "Working set over the effective memory limit");
     describe_gauge!(GOVERNOR_MEMORY_BYTES, Unit::Bytes, "Worker cgroup memory, by kind");

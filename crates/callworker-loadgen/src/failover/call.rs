@@ -46,15 +46,16 @@ pub struct CallPlan {
     /// Where the call is offered within each 20 ms period, so the calls' frames are spread
     /// over the period instead of all sent in the same instant.
     pub phase: Duration,
-    /// Media URLs in the order the client tries them: the victim first.
+    /// Media URLs in the order the client tries them: the victim (the call's home) first.
     pub media_urls: Vec<String>,
+    /// Control API of the worker the call is created on: the victim, or with `--no-fault`
+    /// each worker in turn.
+    pub api: ControlApi,
 }
 
 /// What every call of a run shares.
 #[derive(Debug, Clone)]
 pub struct Shared {
-    /// Control API of the victim: calls are created there.
-    pub api: ControlApi,
     pub create_body: Arc<serde_json::Value>,
     /// Setups running at once (creation + handshake), so a run's start is not a stampede.
     pub setup_permits: Arc<Semaphore>,
@@ -303,7 +304,7 @@ async fn set_up(
     shared: &Shared,
     outcome: &mut CallOutcome,
 ) -> Option<(ResilientCall, mpsc::Receiver<CallEvent>)> {
-    let created = match shared.api.create_call(&shared.create_body).await {
+    let created = match plan.api.create_call(&shared.create_body).await {
         Ok(created) => created,
         Err(e) => {
             outcome.setup_error = Some(format!("create the call: {e}"));

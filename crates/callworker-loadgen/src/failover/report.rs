@@ -159,7 +159,9 @@ impl Report {
                 let resume_ms = if early { None } else { since_ms(fault_at, i.first_new_audio) };
                 let welcome_ms = if early { None } else { since_ms(fault_at, i.resumed) };
                 let detect_ms = if early { None } else { since_ms(fault_at, i.disconnected) };
-                let dropped = o.set_up() && (i.first_new_audio.is_none() || !o.hung_up());
+                // Without a fault a call need not have moved; it must still end by its hang-up.
+                let moved = fault_at.is_none() || i.first_new_audio.is_some();
+                let dropped = o.set_up() && (!moved || !o.hung_up());
                 CallReport { outcome: o, resume_ms, welcome_ms, detect_ms, dropped }
             })
             .collect();
@@ -184,7 +186,13 @@ impl Report {
             calls_set_up: set_up.len() as u64,
             calls_failed_setup: (calls.len() - set_up.len()) as u64,
             calls_disconnected_before_fault: disconnected_early,
-            calls_resumed: set_up.iter().filter(|c| c.resume_ms.is_some()).count() as u64,
+            calls_resumed: set_up
+                .iter()
+                .filter(|c| {
+                    c.resume_ms.is_some()
+                        || (fault_at.is_none() && c.outcome.instants.first_new_audio.is_some())
+                })
+                .count() as u64,
             calls_dropped: set_up.iter().filter(|c| c.dropped).count() as u64,
             end_causes,
             resumed_on,
