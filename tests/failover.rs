@@ -813,3 +813,18 @@ async fn the_drain_endpoint_moves_every_call_off_a_worker() {
         assert!(recorded == sent, "call {i}: nothing lost across the drain");
     }
 }
+
+/// SIGTERM with a client that never reconnects: after `server.drain_timeout_ms` the
+/// draining worker ends the call with `drain_timeout` (rather than leaving it to the reaper's
+/// resume window), and still exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_not_resumed_within_the_drain_timeout_ends_with_drain_timeout() {
+    let mut fleet = Fleet::start("straggler", 2, &[("CALLWORKER_SERVER__DRAIN_TIMEOUT_MS", "1000")]).await;
+    let api1 = fleet.api(1);
+    // A plain (non-resuming) client: it will not come back after the worker lets go.
+    let (created, _tx, _rx, _welcome) = native_call(&fleet.api(0), echo_program()).await;
+    let exit = fleet.workers[0].terminate(WAIT).await.unwrap();
+    assert!(exit.success(), "the draining worker exits 0: {exit}");
+    let view = wait_for_call(&api1, created.call_id(), |c| c["status"] == "ended").await;
+    assert_eq!(view["end_reason"], "drain_timeout", "{view}");
+}

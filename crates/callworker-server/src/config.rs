@@ -71,6 +71,10 @@ pub struct ServerConfig {
     pub worker_id: Option<WorkerId>,
     /// How long shutdown may take before remaining sessions are dropped.
     pub shutdown_grace: Duration,
+    /// After SIGTERM, how long the calls this worker let go of may take to resume elsewhere;
+    /// a call still at the epoch it left with is then ended with `drain_timeout`. Below
+    /// `shutdown_grace`.
+    pub drain_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -269,6 +273,7 @@ struct RawServer {
     #[serde(default)]
     worker_id: String,
     shutdown_grace_ms: u64,
+    drain_timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -475,7 +480,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         public_url,
         worker_id,
         shutdown_grace: ms("server.shutdown_grace_ms", raw.server.shutdown_grace_ms, 0, 3_600_000)?,
+        drain_timeout: ms("server.drain_timeout_ms", raw.server.drain_timeout_ms, 0, 3_600_000)?,
     };
+    if server.drain_timeout >= server.shutdown_grace && !server.shutdown_grace.is_zero() {
+        return Err(invalid("server.drain_timeout_ms must be below server.shutdown_grace_ms"));
+    }
 
     tracing_subscriber::EnvFilter::try_new(&raw.log.filter)
         .map_err(|e| invalid(format!("log.filter {:?}: {e}", raw.log.filter)))?;

@@ -90,6 +90,51 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CallStore>> {
     })
 }
 
+/// Waits (up to `server.drain_timeout_ms` from now) for the calls this worker let go of to
+/// resume elsewhere, then ends those still at the epoch they were left with
+/// (`drain_timeout`). The end is fenced at that epoch, so a resume racing it wins or loses
+/// cleanly.
+async fn end_stragglers(
+    state: &AppState,
+    handed_off: Vec<(callworker_call::CallId, callworker_call::Epoch)>,
+) {
+    // With the in-process store no other worker can take a call over: nothing to wait for.
+    if handed_off.is_empty() || matches!(state.config.store, StoreConfig::Memory { .. }) {
+        return;
+    }
+    let deadline = tokio::time::Instant::now() + state.config.server.drain_timeout;
+    let mut waiting = handed_off;
+    loop {
+        let mut still = Vec::with_capacity(waiting.len());
+        for (call_id, epoch) in waiting {
+            match state.store.get(&call_id).await {
+                Ok(r) if r.end_reason.is_none() && r.epoch == epoch => still.push((call_id, epoch)),
+                Ok(_) | Err(callworker_store::StoreError::NotFound) => {}
+                Err(_) => still.push((call_id, epoch)),
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for (call_id, epoch) in waiting {
+        let reason = callworker_call::EndReason::DrainTimeout;
+        match state
+            .store
+            .end(&call_id, epoch, reason, None, callworker_store::RecordingChunk::default())
+            .await
+        {
+            Ok(_) => {
+                ::metrics::counter!(metrics::CALLS_ENDED, "reason" => reason.as_str()).increment(1);
+                warn!(call_id = %call_id, "call not resumed elsewhere within the drain timeout; ended");
+            }
+            Err(e) => info!(call_id = %call_id, error = %e, "straggler not ended (it moved on)"),
+        }
+    }
+}
+
 /// Binds the configured address and serves until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
     let listener = TcpListener::bind(config.server.listen_addr)
@@ -173,10 +218,12 @@ pub async fn serve(
 
     info!(grace_ms = grace.as_millis() as u64, "shutting down: no longer admitting, detaching sessions");
     state.admission.start_draining();
+    let handed_off = state.live.epochs();
     state.shutdown.cancel();
     state.sessions.close();
     let drained = tokio::time::timeout(grace, async {
         state.sessions.wait().await;
+        end_stragglers(&state, handed_off).await;
         let _ = server.await;
     })
     .await;

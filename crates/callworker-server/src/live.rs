@@ -96,6 +96,11 @@ impl LiveCalls {
         self.lock().len()
     }
 
+    /// Every locally driven call and the epoch it is driven at.
+    pub fn epochs(&self) -> Vec<(CallId, Epoch)> {
+        self.lock().iter().map(|(id, e)| (id.clone(), e.epoch)).collect()
+    }
+
     /// Every locally driven call (for drain).
     pub fn all(&self) -> Vec<Accounted> {
         self.largest(usize::MAX)
