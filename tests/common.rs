@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use callworker_client::api::{ControlApi, CreatedCall, metric_sum};
 use callworker_client::native::{self, NativeReceiver, NativeSender, ServerEvent};
+use callworker_client::twilio::{StreamEvent, TwilioStream};
 use callworker_protocol::native::{ServerControl, Welcome};
 use callworker_protocol::{AudioFormat, Encoding};
 use serde_json::{Value, json};
@@ -62,9 +63,19 @@ pub async fn metric(api: &ControlApi, name: &str, labels: &[(&str, &str)]) -> f6
     metric_sum(&api.metrics().await.unwrap(), name, labels)
 }
 
-/// Polls `GET /v1/calls/{id}` until `pred` holds (bounded).
+/// Polls `GET /v1/calls/{id}` until `pred` holds (bounded by [`WAIT`]).
 pub async fn wait_for_call(api: &ControlApi, call_id: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
+    wait_for_call_within(api, call_id, WAIT, pred).await
+}
+
+/// [`wait_for_call`] with its own bound.
+pub async fn wait_for_call_within(
+    api: &ControlApi,
+    call_id: &str,
+    wait: Duration,
+    pred: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + wait;
     loop {
         let call = api.get_call(call_id).await.unwrap();
         if pred(&call) {
@@ -73,4 +84,20 @@ pub async fn wait_for_call(api: &ControlApi, call_id: &str, pred: impl Fn(&Value
         assert!(tokio::time::Instant::now() < deadline, "call never reached the expected state: {call}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// The next audio a Twilio stream receives (bounded by [`WAIT`]); panics if it closes first.
+pub async fn next_twilio_media(stream: &mut TwilioStream) -> Vec<u8> {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.next_event().await {
+                Some(StreamEvent::Media(audio)) => return audio,
+                Some(StreamEvent::Closed { code, reason }) => panic!("closed: {code} {reason}"),
+                Some(_) => {}
+                None => panic!("stream ended"),
+            }
+        }
+    })
+    .await
+    .expect("audio within the wait")
 }

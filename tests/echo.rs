@@ -161,13 +161,7 @@ async fn a_static_twiml_stream_without_parameters_starts_a_call_with_the_default
     let mut stream = sim.open_stream(&url, "CAstatic", Default::default()).await.unwrap();
     let frame = test_pattern(3, FRAME_BYTES);
     stream.send_media(frame.clone()).await.unwrap();
-    let echoed = loop {
-        match tokio::time::timeout(WAIT, stream.next_event()).await.unwrap().unwrap() {
-            StreamEvent::Media(p) => break p,
-            StreamEvent::Closed { code, reason } => panic!("closed: {code} {reason}"),
-            _ => {}
-        }
-    };
+    let echoed = next_twilio_media(&mut stream).await;
     assert_eq!(echoed, frame);
     let calls = api.list_calls("").await.unwrap();
     assert_eq!(calls["calls"].as_array().unwrap().len(), 1);

@@ -231,18 +231,7 @@ async fn twilio_calls_resume_through_the_stream_ended_twiml() {
     let same_parameters = parameters.clone();
     let mut resumed = sim.open_stream(&stream_url, &stream.call_sid, parameters).await.unwrap();
     resumed.send_media(vec![0x22; FRAME_BYTES]).await.unwrap();
-    let echoed = tokio::time::timeout(WAIT, async {
-        loop {
-            match resumed.next_event().await {
-                Some(StreamEvent::Media(audio)) => return audio,
-                Some(StreamEvent::Closed { code, reason }) => panic!("closed: {code} {reason}"),
-                Some(_) => {}
-                None => panic!("stream ended"),
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let echoed = next_twilio_media(&mut resumed).await;
     assert_eq!(echoed, vec![0x22; FRAME_BYTES], "the echo program carries on");
     let gap = killed_at.elapsed();
     println!("twilio failover: kill -9 → first echoed audio on the new worker in {gap:?}");
@@ -401,7 +390,9 @@ async fn a_client_that_never_returns_is_reaped() {
     until(&mut events, WAIT, |e| matches!(e, CallEvent::Acked { .. })).await;
     drop(call); // gone for good: socket closed, no bye, no resume
     for id in [created.call_id(), never.call_id()] {
-        let view = wait_until(&fleet.api(1), id, Duration::from_secs(15), |c| c["status"] == "ended").await;
+        let view =
+            wait_for_call_within(&fleet.api(1), id, Duration::from_secs(15), |c| c["status"] == "ended")
+                .await;
         assert_eq!(view["end_reason"], "resume_window_expired", "{view}");
     }
     let ended = metric(&fleet.api(0), "callworker_reaper_actions_total", &[("action", "ended")]).await
@@ -434,19 +425,6 @@ fn redis_cli(redis: &RedisServer, args: &[&str], value: Option<&[u8]>) -> String
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "redis-cli {args:?} failed");
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Like [`wait_for_call`] with a custom bound.
-async fn wait_until(api: &ControlApi, call_id: &str, wait: Duration, pred: impl Fn(&Value) -> bool) -> Value {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        let call = api.get_call(call_id).await.unwrap();
-        if pred(&call) {
-            return call;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "call never reached the expected state: {call}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Redis killed and restarted mid-call (AOF on): the call keeps running in memory, and
@@ -717,18 +695,7 @@ async fn a_hung_workers_twilio_call_is_rescued_through_the_rest_api() {
     // Twilio follows the new TwiML: a new stream, which takes the call over.
     let mut rescued = sim.open_stream(&stream_url, &hung.call_sid, parameters).await.unwrap();
     rescued.send_media(vec![0x44; FRAME_BYTES]).await.unwrap();
-    let echoed = tokio::time::timeout(WAIT, async {
-        loop {
-            match rescued.next_event().await {
-                Some(StreamEvent::Media(audio)) => return audio,
-                Some(StreamEvent::Closed { code, reason }) => panic!("closed: {code} {reason}"),
-                Some(_) => {}
-                None => panic!("stream ended"),
-            }
-        }
-    })
-    .await
-    .unwrap();
+    let echoed = next_twilio_media(&mut rescued).await;
     assert_eq!(echoed, vec![0x44; FRAME_BYTES]);
     let api = fleet.api(1);
     assert_eq!(metric(&api, "callworker_reaper_actions_total", &[("action", "rescued")]).await, 1.0);

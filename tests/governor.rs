@@ -13,6 +13,39 @@ use callworker_testkit::{Worker, WorkerOptions};
 use common::*;
 use serde_json::{Value, json};
 
+/// `n` native calls on the worker behind `api` that each hold ~128 KB once their echo delay
+/// buffer fills (L16 16 kHz, 4 s delay), connected through `media_urls`.
+async fn memory_heavy_calls(
+    api: &ControlApi,
+    n: usize,
+    media_urls: &[String],
+) -> Vec<(
+    callworker_client::resilient::ResilientCall,
+    tokio::sync::mpsc::Receiver<callworker_client::resilient::CallEvent>,
+)> {
+    use callworker_client::resilient::{ResilientCall, ResilientConfig};
+    use callworker_protocol::{AudioFormat, Encoding};
+    let l16 = AudioFormat { encoding: Encoding::L16, sample_rate_hz: 16_000 };
+    let mut calls = Vec::with_capacity(n);
+    for _ in 0..n {
+        let created = api
+            .create_call(&json!({"program": {"name": "echo", "params": {"delay_ms": 4000}}, "audio": {"encoding": "l16", "sample_rate_hz": 16000}}))
+            .await
+            .unwrap();
+        let connected = ResilientCall::connect(
+            media_urls.iter().cloned(),
+            created.call_id(),
+            &created.resume_token,
+            l16,
+            ResilientConfig::default(),
+        )
+        .await
+        .unwrap();
+        calls.push(connected);
+    }
+    calls
+}
+
 async fn admin_memory(api: &ControlApi) -> Value {
     let url = format!("{}/v1/admin/memory", api.base_url());
     api.http().get(url).send().await.unwrap().json().await.unwrap()
@@ -118,8 +151,7 @@ async fn well_under_its_limit_a_worker_admits_as_usual() {
 /// kernel OOM-kill it, and no call is dropped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn near_its_cgroup_limit_a_worker_migrates_calls_instead_of_being_oom_killed() {
-    use callworker_client::resilient::{CallEvent, ResilientCall, ResilientConfig};
-    use callworker_protocol::{AudioFormat, Encoding};
+    use callworker_client::resilient::{CallEvent, ResilientCall};
     use callworker_testkit::{MemoryCgroup, RedisServer};
 
     let cgroup = match MemoryCgroup::create("governor") {
@@ -153,29 +185,12 @@ async fn near_its_cgroup_limit_a_worker_migrates_calls_instead_of_being_oom_kill
     );
 
     const CALLS: usize = 40;
-    let l16 = AudioFormat { encoding: Encoding::L16, sample_rate_hz: 16_000 };
     let api = ControlApi::new(&heavy.base_url);
     let urls = vec![
         format!("ws://127.0.0.1:{}/v1/media", heavy.port),
         format!("ws://127.0.0.1:{}/v1/media", other.port),
     ];
-    let mut calls = Vec::new();
-    for _ in 0..CALLS {
-        let created = api
-            .create_call(&json!({"program": {"name": "echo", "params": {"delay_ms": 4000}}, "audio": {"encoding": "l16", "sample_rate_hz": 16000}}))
-            .await
-            .unwrap();
-        let (call, events) = ResilientCall::connect(
-            urls.clone(),
-            created.call_id(),
-            &created.resume_token,
-            l16,
-            ResilientConfig::default(),
-        )
-        .await
-        .unwrap();
-        calls.push((call, events));
-    }
+    let mut calls = memory_heavy_calls(&api, CALLS, &urls).await;
     let frame = vec![0x11u8; 640];
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let mut peak = 0;
@@ -252,29 +267,12 @@ async fn near_its_cgroup_limit_a_worker_migrates_calls_instead_of_being_oom_kill
 /// purge lowers jemalloc's resident bytes in the running worker.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_allocator_purge_returns_freed_memory_to_the_kernel() {
-    use callworker_client::resilient::{EndCause, ResilientCall, ResilientConfig};
-    use callworker_protocol::{AudioFormat, Encoding};
+    use callworker_client::resilient::EndCause;
 
     let worker = Worker::start(WorkerOptions::named("governor-purge")).await.unwrap();
     let api = ControlApi::new(&worker.base_url);
-    let l16 = AudioFormat { encoding: Encoding::L16, sample_rate_hz: 16_000 };
-    let mut calls = Vec::new();
-    for _ in 0..40 {
-        let created = api
-            .create_call(&json!({"program": {"name": "echo", "params": {"delay_ms": 4000}}, "audio": {"encoding": "l16", "sample_rate_hz": 16000}}))
-            .await
-            .unwrap();
-        let (call, events) = ResilientCall::connect(
-            [created.media_url.clone()],
-            created.call_id(),
-            &created.resume_token,
-            l16,
-            ResilientConfig::default(),
-        )
-        .await
-        .unwrap();
-        calls.push((call, events));
-    }
+    let urls = [format!("ws://127.0.0.1:{}/v1/media", worker.port)];
+    let calls = memory_heavy_calls(&api, 40, &urls).await;
     let frame = vec![0x22u8; 640];
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     for _ in 0..150 {
