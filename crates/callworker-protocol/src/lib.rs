@@ -7,6 +7,8 @@
 //! - [`native`]: the native resumable protocol (version [`native::PROTOCOL_VERSION`]),
 //!   documented in `docs/protocol.md`: JSON control messages and binary audio frames.
 //! - [`close`]: WebSocket close codes shared by both endpoints.
+//! - [`twilio_signature`]: Twilio's `X-Twilio-Signature` request signatures (webhooks and the
+//!   Media Streams WebSocket upgrade).
 //! - [`codec`]: G.711 μ-law / A-law ↔ PCM16 and 8 kHz ↔ 16 kHz resampling.
 //!
 //! Invariants:
@@ -19,6 +21,7 @@ pub mod close;
 pub mod codec;
 pub mod native;
 pub mod twilio;
+pub mod twilio_signature;
 
 pub use codec::{AudioFormat, Encoding};
 
