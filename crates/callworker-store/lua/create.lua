@@ -8,6 +8,6 @@ local h = redis.call('HMGET', KEYS[1], 'created', 'status')
 if h[2] then return {'EXISTS', tonumber(h[1]), h[2]} end
 redis.call('HSET', KEYS[1], 'tenant', ARGV[1], 'status', 'created', 'epoch', 0,
            'created', ms(now), 'updated', ms(now), 'ckpt_seq', ARGV[2], 'ckpt', ARGV[3],
-           'idx', ms(now))
+           'idx', ms(now), 'rec_in_len', 0, 'rec_out_len', 0)
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return {'OK', now}

@@ -6,7 +6,8 @@
 -- {'FENCED', current_epoch}. Idempotent by epoch: a retry after a lost reply answers ENDED
 -- with this end's reason. The caller removes the call from the lease index after OK/ENDED.
 local now = now_ms()
-local h = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'ckpt_seq', 'end_reason')
+local h = redis.call('HMGET', KEYS[1], 'status', 'epoch', 'ckpt_seq', 'end_reason',
+                    'rec_in_len', 'rec_out_len')
 if not h[1] then return {'NOTFOUND'} end
 if h[1] == 'ended' then return {'ENDED', h[4]} end
 if tonumber(h[2]) ~= tonumber(ARGV[1]) then return {'FENCED', tonumber(h[2])} end
@@ -16,6 +17,6 @@ redis.call('HDEL', KEYS[1], 'owner', 'lease_until', 'idx')
 if ARGV[3] == '1' and (not h[3] or tonumber(ARGV[4]) > tonumber(h[3])) then
   redis.call('HSET', KEYS[1], 'ckpt_seq', ARGV[4], 'ckpt', ARGV[5])
 end
-append_recording(ARGV[8], ARGV[9], tonumber(ARGV[7]), ARGV[6])
+redis.call('HSET', KEYS[1], unpack(append_recording(ARGV[8], ARGV[9], tonumber(ARGV[7]), ARGV[6], h[5], h[6])))
 expire_call(ARGV[6])
 return {'OK', epoch}

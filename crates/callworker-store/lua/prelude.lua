@@ -10,11 +10,15 @@ local function ms(x)
   return string.format('%.0f', x)
 end
 
--- Appends `data` to the track at `key`, keeping the track at most `max` bytes; returns true
--- when audio had to be left out. A track that grows gets the call's TTL.
-local function append_track(key, data, max, ttl_ms)
-  if #data == 0 then return false end
-  local room = max - redis.call('STRLEN', key)
+-- Appends `data` to the track at `key`, which holds `len` bytes (the hash's own count, or
+-- STRLEN for a call written before the hash kept one), keeping the track at most `max` bytes.
+-- A track created here gets the call's TTL; later TTL refreshes ride with refresh_index and
+-- expire_call, so the hot path is one APPEND per track. Returns the track's new length and
+-- whether audio had to be left out.
+local function append_track(key, len, data, max, ttl_ms)
+  if len == nil then len = redis.call('STRLEN', key) end
+  if #data == 0 then return len, false end
+  local room = max - len
   if room < 0 then room = 0 end
   local truncated = false
   if #data > room then
@@ -22,17 +26,26 @@ local function append_track(key, data, max, ttl_ms)
     data = string.sub(data, 1, room)
   end
   if #data > 0 then
-    redis.call('APPEND', key, data)
-    redis.call('PEXPIRE', key, ttl_ms)
+    local new_len = redis.call('APPEND', key, data)
+    if new_len == #data then redis.call('PEXPIRE', key, ttl_ms) end
+    len = new_len
   end
-  return truncated
+  return len, truncated
 end
 
--- Appends both tracks (KEYS[2], KEYS[3]) and marks the call truncated if either overflowed.
-local function append_recording(inbound, outbound, max, ttl_ms)
-  local a = append_track(KEYS[2], inbound, max, ttl_ms)
-  local b = append_track(KEYS[3], outbound, max, ttl_ms)
-  if a or b then redis.call('HSET', KEYS[1], 'truncated', '1') end
+-- Appends both tracks (KEYS[2], KEYS[3]); `in_len`/`out_len` are the hash's `rec_in_len` and
+-- `rec_out_len` (nil when unknown). Returns the `field, value, …` pairs the caller must HSET
+-- into the call's hash with its own write: the new lengths, and `truncated` if a track
+-- overflowed.
+local function append_recording(inbound, outbound, max, ttl_ms, in_len, out_len)
+  local a_len, a = append_track(KEYS[2], tonumber(in_len), inbound, max, ttl_ms)
+  local b_len, b = append_track(KEYS[3], tonumber(out_len), outbound, max, ttl_ms)
+  local fields = {'rec_in_len', a_len, 'rec_out_len', b_len}
+  if a or b then
+    fields[#fields + 1] = 'truncated'
+    fields[#fields + 1] = '1'
+  end
+  return fields
 end
 
 -- Sets the TTL of every key of the call (hash and both recording tracks).

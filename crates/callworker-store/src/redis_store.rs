@@ -10,7 +10,8 @@
 //! Per call, all with the call's hash tag `{<call_id>}`:
 //! - `<ns>:call:{<id>}`: HASH `tenant`, `status` (`created`|`active`|`ended`), `epoch`,
 //!   `owner`, `attempt`, `lease_until`, `end_reason`, `created`, `updated`, `ckpt_seq`,
-//!   `ckpt` (bytes), `idx` (the score last written to the lease index), `truncated`.
+//!   `ckpt` (bytes), `idx` (the score last written to the lease index), `truncated`,
+//!   `rec_in_len` / `rec_out_len` (the tracks' lengths, so an append needs no STRLEN).
 //! - `<ns>:call:{<id>}:rec:in`, `…:rec:out`: STRING, the recorded tracks (APPEND), each at
 //!   most `recording_track_bytes_max` bytes.
 //!

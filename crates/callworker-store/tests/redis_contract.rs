@@ -315,7 +315,11 @@ async fn command_calls(conn: &mut MultiplexedConnection) -> HashMap<String, u64>
 #[tokio::test]
 async fn a_checkpoint_costs_about_one_command() {
     let server = start().await;
-    let store = store(&server).await;
+    // Room for every chunk below, so that each checkpoint appends to both tracks.
+    let store =
+        RedisStore::connect(RedisStoreOptions { recording_track_bytes_max: 1 << 20, ..options(&server) })
+            .await
+            .unwrap();
     let mut conn = raw(&server).await;
     // Sped up: 16 checkpoints per lease (production: 5 s lease, a checkpoint every 500-750 ms,
     // 7-10 per lease: a refresh every ~5-7.5 checkpoints, 1.13-1.2 commands each). Sleeps
@@ -342,4 +346,21 @@ async fn a_checkpoint_costs_about_one_command() {
     );
     assert!(delta("zadd") >= 1, "the index is refreshed while the call runs");
     assert!(per_checkpoint <= 1.3, "{per_checkpoint:.2} commands per checkpoint");
+    // Run inside the script, and counted by Redis as commands too: TIME, HMGET, HSET and one
+    // APPEND per track; the tracks' lengths live in the hash (no STRLEN) and their TTLs are
+    // refreshed with the index (no PEXPIRE per append).
+    let inside: u64 = ["time", "hmget", "hset", "append", "strlen", "pexpire"].iter().map(|c| delta(c)).sum();
+    let inside_per_checkpoint = inside as f64 / checkpoints as f64;
+    eprintln!(
+        "inside the scripts: {inside_per_checkpoint:.2} commands per checkpoint (strlen {}, pexpire {}, append {})",
+        delta("strlen"),
+        delta("pexpire"),
+        delta("append")
+    );
+    assert_eq!(delta("strlen"), 0, "track lengths come from the hash");
+    assert_eq!(delta("append"), 2 * checkpoints, "one APPEND per track per checkpoint");
+    assert!(
+        inside_per_checkpoint <= 5.6,
+        "{inside_per_checkpoint:.2} commands inside each checkpoint script"
+    );
 }
