@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::dsp;
 use crate::end::{EndReason, ResumeCause};
 use crate::ids::{CallId, TenantId};
-use crate::program::{Action, Effects, Overlay, ProgramSpec, ProgramState, SpecError};
+use crate::program::{Action, Effects, Overlay, ProgramEvent, ProgramSpec, ProgramState, SpecError};
 use crate::time::UnixMillis;
 use crate::timeline::{EventKind, Timeline};
 
@@ -373,7 +373,7 @@ impl Call {
         out.push(Output::Notify { name: "dtmf_received", detail: Some(digit.to_string()) });
         out.push(Output::Checkpoint);
         let mut fx = Effects::default();
-        self.program.dtmf(digit, &mut fx);
+        self.program.dtmf(now, digit, &mut fx);
         self.apply_program_effects(now, fx, out);
     }
 
@@ -393,15 +393,7 @@ impl Call {
                 self.overlay = Some(overlay);
                 out.push(Output::Checkpoint);
             }
-            Action::SwitchProgram { program } => {
-                self.program = ProgramState::new(&program);
-                if self.attached {
-                    self.program.attach(now);
-                }
-                self.timeline.push(now, EventKind::ProgramSwitched { program: program.name().to_owned() });
-                out.push(Output::Clear);
-                out.push(Output::Checkpoint);
-            }
+            Action::SwitchProgram { program } => self.switch_program(now, &program, out),
             Action::Hangup => self.end(now, EndReason::ApiEnded, out),
         }
     }
@@ -436,14 +428,41 @@ impl Call {
     /// drops and ends the call if the program asked to.
     fn apply_program_effects(&mut self, now: UnixMillis, fx: Effects, out: &mut Vec<Output>) {
         self.media.outbound_dropped_frames += fx.dropped_frames;
+        if fx.clear {
+            out.push(Output::Clear);
+        }
         if self.overlay.is_none() {
             for frame in fx.frames {
                 self.emit_audio(frame, out);
             }
         }
+        let transition = !fx.events.is_empty();
+        for event in fx.events {
+            let kind = match event {
+                ProgramEvent::MenuEntered { menu } => EventKind::MenuEntered { menu },
+                ProgramEvent::DigitsCollected { menu, digits } => EventKind::DigitsCollected { menu, digits },
+            };
+            self.timeline.push(now, kind);
+        }
         if let Some(reason) = fx.end {
             self.end(now, reason, out);
+        } else if let Some(program) = fx.switch_to {
+            self.switch_program(now, &program, out);
+        } else if transition {
+            // Where the caller stands in a menu is a semantic transition: durable at once.
+            out.push(Output::Checkpoint);
         }
+    }
+
+    /// Replaces the running program (an API action, or a program's own choice).
+    fn switch_program(&mut self, now: UnixMillis, program: &ProgramSpec, out: &mut Vec<Output>) {
+        self.program = ProgramState::new(program);
+        if self.attached {
+            self.program.attach(now);
+        }
+        self.timeline.push(now, EventKind::ProgramSwitched { program: program.name().to_owned() });
+        out.push(Output::Clear);
+        out.push(Output::Checkpoint);
     }
 
     fn emit_audio(&mut self, payload: Vec<u8>, out: &mut Vec<Output>) {

@@ -44,6 +44,15 @@ pub enum EventKind {
     Ended {
         reason: EndReason,
     },
+    /// An IVR moved to another menu.
+    MenuEntered {
+        menu: String,
+    },
+    /// An IVR menu collected digits.
+    DigitsCollected {
+        menu: String,
+        digits: String,
+    },
 }
 
 impl EventKind {
@@ -58,6 +67,8 @@ impl EventKind {
             EventKind::ProgramSwitched { .. } => "program_switched",
             EventKind::ActionApplied { .. } => "action_applied",
             EventKind::Ended { .. } => "ended",
+            EventKind::MenuEntered { .. } => "menu_entered",
+            EventKind::DigitsCollected { .. } => "digits_collected",
         }
     }
 }
@@ -75,6 +86,8 @@ enum EventKindJson {
     ProgramSwitched { program: String },
     ActionApplied { action: String },
     Ended { reason: EndReason },
+    MenuEntered { menu: String },
+    DigitsCollected { menu: String, digits: String },
 }
 
 /// The binary (checkpoint) shape of [`EventKind`]: externally tagged, positional.
@@ -90,6 +103,8 @@ enum EventKindBinary {
     ProgramSwitched { program: String },
     ActionApplied { action: String },
     Ended { reason: EndReason },
+    MenuEntered { menu: String },
+    DigitsCollected { menu: String, digits: String },
 }
 
 impl Serialize for EventKind {

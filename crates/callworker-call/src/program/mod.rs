@@ -3,12 +3,15 @@
 //!
 //! - [`echo`]: plays the caller's audio back, byte for byte, optionally delayed.
 //! - [`tone`]: plays a configured tone/silence pattern and reacts to DTMF.
+//! - [`ivr`]: menus of prompts navigated with DTMF, digit collection, retries, and choices
+//!   that lead to other menus, other programs or a hang-up.
 //! - [`overlay`]: a tone injected by the `play_tone` action over the program's audio.
 //!
 //! Programs never see sequence numbers or the timeline: they produce frames and an optional
 //! end into [`Effects`], and the [`Call`](crate::Call) numbers, filters and records them.
 
 pub mod echo;
+pub mod ivr;
 pub mod overlay;
 pub mod tone;
 
@@ -21,6 +24,7 @@ use crate::end::EndReason;
 use crate::time::UnixMillis;
 
 pub use echo::{EchoParams, EchoState};
+pub use ivr::{IvrChoice, IvrCollect, IvrMenu, IvrParams, IvrState};
 pub use overlay::Overlay;
 pub use tone::{ToneParams, ToneSegment, ToneState};
 
@@ -51,6 +55,7 @@ pub const TONE_FREQ_HZ_MAX: u32 = 3_999;
 pub enum ProgramSpec {
     Echo(EchoParams),
     Tone(ToneParams),
+    Ivr(IvrParams),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -64,6 +69,7 @@ pub enum ProgramSpec {
 enum ProgramSpecJson {
     Echo(EchoParams),
     Tone(ToneParams),
+    Ivr(IvrParams),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -71,6 +77,7 @@ enum ProgramSpecJson {
 enum ProgramSpecBinary {
     Echo(EchoParams),
     Tone(ToneParams),
+    Ivr(IvrParams),
 }
 
 impl Serialize for ProgramSpec {
@@ -98,6 +105,7 @@ impl ProgramSpec {
         match self {
             ProgramSpec::Echo(_) => "echo",
             ProgramSpec::Tone(_) => "tone",
+            ProgramSpec::Ivr(_) => "ivr",
         }
     }
 
@@ -114,26 +122,7 @@ impl ProgramSpec {
                 Ok(())
             }
             ProgramSpec::Tone(p) => {
-                if p.segments.is_empty() || p.segments.len() > TONE_SEGMENTS_MAX {
-                    return Err(invalid(
-                        "segments",
-                        format!("{} segments given; 1 to {TONE_SEGMENTS_MAX} allowed", p.segments.len()),
-                    ));
-                }
-                for (i, segment) in p.segments.iter().enumerate() {
-                    validate_duration_ms("segments.duration_ms", segment.duration_ms)
-                        .map_err(|e| at_index(e, i))?;
-                    if u64::from(segment.duration_ms) % FRAME_MS != 0 {
-                        return Err(invalid(
-                            "segments.duration_ms",
-                            format!(
-                                "segment {i}: {} ms is not a multiple of the {FRAME_MS} ms frame",
-                                segment.duration_ms
-                            ),
-                        ));
-                    }
-                    validate_freqs_hz("segments.freqs_hz", &segment.freqs_hz).map_err(|e| at_index(e, i))?;
-                }
+                validate_segments("segments", &p.segments)?;
                 if let Some(digit) = p.hangup_digit
                     && !dsp::is_dtmf_digit(digit)
                 {
@@ -144,8 +133,39 @@ impl ProgramSpec {
                 }
                 Ok(())
             }
+            ProgramSpec::Ivr(p) => p.validate(),
         }
     }
+}
+
+/// Checks a tone pattern (a tone program's segments, an IVR prompt): 1 to
+/// [`TONE_SEGMENTS_MAX`] segments of whole frames, each within the tone bounds. `field` is
+/// `"segments"` or `"prompt"`; errors name the part at fault below it.
+pub(crate) fn validate_segments(field: &'static str, segments: &[ToneSegment]) -> Result<(), SpecError> {
+    let (duration_field, freqs_field) = match field {
+        "prompt" => ("prompt.duration_ms", "prompt.freqs_hz"),
+        _ => ("segments.duration_ms", "segments.freqs_hz"),
+    };
+    if segments.is_empty() || segments.len() > TONE_SEGMENTS_MAX {
+        return Err(invalid(
+            field,
+            format!("{} segments given; 1 to {TONE_SEGMENTS_MAX} allowed", segments.len()),
+        ));
+    }
+    for (i, segment) in segments.iter().enumerate() {
+        validate_duration_ms(duration_field, segment.duration_ms).map_err(|e| at_index(e, i))?;
+        if u64::from(segment.duration_ms) % FRAME_MS != 0 {
+            return Err(invalid(
+                duration_field,
+                format!(
+                    "segment {i}: {} ms is not a multiple of the {FRAME_MS} ms frame",
+                    segment.duration_ms
+                ),
+            ));
+        }
+        validate_freqs_hz(freqs_field, &segment.freqs_hz).map_err(|e| at_index(e, i))?;
+    }
+    Ok(())
 }
 
 fn invalid(field: &'static str, reason: String) -> SpecError {
@@ -193,6 +213,7 @@ pub enum SpecError {
 pub enum ProgramState {
     Echo(EchoState),
     Tone(ToneState),
+    Ivr(IvrState),
 }
 
 impl ProgramState {
@@ -201,6 +222,7 @@ impl ProgramState {
         match spec {
             ProgramSpec::Echo(p) => ProgramState::Echo(EchoState::new(p.clone())),
             ProgramSpec::Tone(p) => ProgramState::Tone(ToneState::new(p.clone())),
+            ProgramSpec::Ivr(p) => ProgramState::Ivr(IvrState::new(p.clone())),
         }
     }
 
@@ -208,6 +230,7 @@ impl ProgramState {
         match self {
             ProgramState::Echo(_) => "echo",
             ProgramState::Tone(_) => "tone",
+            ProgramState::Ivr(_) => "ivr",
         }
     }
 
@@ -216,6 +239,7 @@ impl ProgramState {
         match self {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.attach(now),
+            ProgramState::Ivr(s) => s.attach(now),
         }
     }
 
@@ -226,6 +250,7 @@ impl ProgramState {
         match self {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.rewind(frames),
+            ProgramState::Ivr(s) => s.rewind(frames),
         }
     }
 
@@ -234,6 +259,7 @@ impl ProgramState {
         match self {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.detach(),
+            ProgramState::Ivr(s) => s.detach(),
         }
     }
 
@@ -241,15 +267,16 @@ impl ProgramState {
     pub(crate) fn audio(&mut self, now: UnixMillis, payload: &[u8], limits: &CallLimits, fx: &mut Effects) {
         match self {
             ProgramState::Echo(s) => s.audio(now, payload, limits, fx),
-            ProgramState::Tone(_) => {}
+            ProgramState::Tone(_) | ProgramState::Ivr(_) => {}
         }
     }
 
     /// A valid DTMF digit.
-    pub(crate) fn dtmf(&mut self, digit: char, fx: &mut Effects) {
+    pub(crate) fn dtmf(&mut self, now: UnixMillis, digit: char, fx: &mut Effects) {
         match self {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.dtmf(digit, fx),
+            ProgramState::Ivr(s) => s.dtmf(now, digit, fx),
         }
     }
 
@@ -258,6 +285,7 @@ impl ProgramState {
         match self {
             ProgramState::Echo(s) => s.run_due(now, fx),
             ProgramState::Tone(s) => s.run_due(now, audio, fx),
+            ProgramState::Ivr(s) => s.run_due(now, audio, fx),
         }
     }
 
@@ -266,6 +294,7 @@ impl ProgramState {
         match self {
             ProgramState::Echo(s) => s.next_deadline(),
             ProgramState::Tone(s) => s.next_deadline(),
+            ProgramState::Ivr(s) => s.next_deadline(),
         }
     }
 }
@@ -279,6 +308,12 @@ pub(crate) struct Effects {
     pub dropped_frames: u64,
     /// The program wants the call to end.
     pub end: Option<EndReason>,
+    /// The program hands the call to another program (an IVR choice).
+    pub switch_to: Option<ProgramSpec>,
+    /// Audio already queued for the caller is obsolete (DTMF barge-in on a prompt).
+    pub clear: bool,
+    /// What happened, for the call's timeline.
+    pub events: Vec<ProgramEvent>,
     /// Reused PCM buffer for frame generation.
     pub pcm: Vec<i16>,
 }
@@ -298,6 +333,15 @@ impl Effects {
         callworker_protocol::codec::encode(audio.encoding, &self.pcm, &mut frame);
         self.frames.push(frame);
     }
+}
+
+/// A program-level event the call records in its timeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ProgramEvent {
+    /// An IVR moved to another menu.
+    MenuEntered { menu: String },
+    /// An IVR menu finished collecting digits.
+    DigitsCollected { menu: String, digits: String },
 }
 
 /// A [`FRAME_MS`] frame clock that runs only while a session is attached.

@@ -24,7 +24,7 @@ pub struct ToneSegment {
 
 impl ToneSegment {
     /// Frames this segment lasts (at least one, so a pattern always makes progress).
-    fn frames(&self) -> u32 {
+    pub(crate) fn frames(&self) -> u32 {
         u32::try_from((u64::from(self.duration_ms) / FRAME_MS).max(1)).unwrap_or(u32::MAX)
     }
 }

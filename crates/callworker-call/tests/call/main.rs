@@ -9,5 +9,6 @@
 mod audio;
 mod checkpoint;
 mod inputs;
+mod ivr;
 mod props;
 mod support;
