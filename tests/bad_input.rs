@@ -11,7 +11,7 @@ use callworker_client::audio::{FrameClock, test_pattern};
 use callworker_client::native::{self, NativeReceiver, ServerEvent};
 use callworker_client::twilio::{StreamEvent, TwilioSimulator, TwilioStream};
 use callworker_protocol::native::{ClientControl, Hello};
-use callworker_testkit::{Worker, WorkerOptions};
+use callworker_testkit::{TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions};
 use common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -19,9 +19,15 @@ use tokio_tungstenite::tungstenite::Message;
 /// (case, (close code, reason) observed, close code expected, transport, metric reason expected)
 type Outcome = (&'static str, (u16, String), u16, &'static str, &'static str);
 
-/// Sends `msgs` on a raw socket and returns the close code and reason.
+/// Sends `msgs` on a raw socket and returns the close code and reason (a Twilio media URL
+/// is opened with a valid `X-Twilio-Signature`).
 async fn raw_close(url: &str, msgs: Vec<Message>) -> (u16, String) {
-    let (mut tx, mut rx) = native::connect_raw(url).await.unwrap();
+    let (mut tx, mut rx) = if url.contains("/twilio/") {
+        let sim = TwilioSimulator::new("http://unused").with_auth_token(TWILIO_AUTH_TOKEN);
+        sim.connect_raw(url).await.unwrap()
+    } else {
+        native::connect_raw(url).await.unwrap()
+    };
     for m in msgs {
         if tx.send_raw(m).await.is_err() {
             break;
@@ -35,7 +41,7 @@ async fn stream_close(stream: &mut TwilioStream) -> (u16, String) {
 }
 
 async fn twilio_stream(worker: &Worker) -> TwilioStream {
-    let sim = TwilioSimulator::new(&worker.base_url);
+    let sim = TwilioSimulator::new(&worker.base_url).with_auth_token(TWILIO_AUTH_TOKEN);
     sim.open_stream(&format!("ws://127.0.0.1:{}/twilio/media", worker.port), "CAbad", Default::default())
         .await
         .unwrap()
@@ -57,7 +63,7 @@ fn hello_json(call_id: &str, token: &str, version: u16) -> Message {
 #[tokio::test]
 async fn every_bad_input_is_refused_specifically_while_a_healthy_call_carries_on() {
     let worker = Worker::start(WorkerOptions::named("bad-input")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let twilio_url = format!("ws://127.0.0.1:{}/twilio/media", worker.port);
     let native_url = format!("ws://127.0.0.1:{}/v1/media", worker.port);
 
