@@ -46,6 +46,9 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body_max))
+        // Before any route (media upgrades included): a browser page from another origin
+        // gets nothing, not even an authentication error.
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::check_origin))
         .layer(middleware::from_fn(record_request))
         .with_state(state)
 }
