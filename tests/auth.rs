@@ -199,6 +199,19 @@ async fn every_call_route_refuses_other_tenants_and_bad_keys() {
 }
 
 #[tokio::test]
+async fn with_auth_turned_off_the_api_is_open_and_the_worker_says_so_loudly() {
+    let worker = Worker::start(WorkerOptions::named("auth-off").env("CALLWORKER_AUTH__REQUIRED", "false"))
+        .await
+        .unwrap();
+    let anonymous = ControlApi::new(&worker.base_url);
+    assert_eq!(call(&anonymous, "GET", "/v1/workers", None).await.0, 200);
+    let created = anonymous.create_call(&json!({"program": echo_program()})).await.unwrap();
+    assert_eq!(created.call["tenant"], "default");
+    let log = std::fs::read_to_string(&worker.log_path).unwrap();
+    assert!(log.contains("auth.required is false"), "the worker warns at start:\n{log}");
+}
+
+#[tokio::test]
 async fn keys_in_the_keys_file_are_revoked_without_a_restart() {
     let dir = callworker_testkit::workspace_root().join("target/test-logs");
     std::fs::create_dir_all(&dir).unwrap();
