@@ -16,7 +16,8 @@ use callworker_client::twilio::TwilioSimulator;
 use callworker_protocol::native::Hello;
 use callworker_protocol::twilio_signature;
 use callworker_testkit::{
-    OPERATOR_KEY, OTHER_TENANT_KEY, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions, key_sha256,
+    OPERATOR_KEY, OTHER_TENANT_KEY, RedisServer, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions,
+    key_sha256,
 };
 use common::*;
 use serde_json::{Value, json};
@@ -196,6 +197,19 @@ async fn every_call_route_refuses_other_tenants_and_bad_keys() {
             "{reason} counted"
         );
     }
+}
+
+#[tokio::test]
+async fn with_auth_turned_off_the_api_is_open_and_the_worker_says_so_loudly() {
+    let worker = Worker::start(WorkerOptions::named("auth-off").env("CALLWORKER_AUTH__REQUIRED", "false"))
+        .await
+        .unwrap();
+    let anonymous = ControlApi::new(&worker.base_url);
+    assert_eq!(call(&anonymous, "GET", "/v1/workers", None).await.0, 200);
+    let created = anonymous.create_call(&json!({"program": echo_program()})).await.unwrap();
+    assert_eq!(created.call["tenant"], "default");
+    let log = std::fs::read_to_string(&worker.log_path).unwrap();
+    assert!(log.contains("auth.required is false"), "the worker warns at start:\n{log}");
 }
 
 #[tokio::test]
@@ -629,10 +643,45 @@ async fn tenant_call_cap_and_key_rate_limit_refuse_while_a_healthy_call_carries_
     assert!(limited >= 1, "the flood is limited ({ok} passed)");
     assert_eq!(a.get_call(extra.call_id()).await.unwrap()["status"], "created", "another key is not limited");
 
+    // An oversized body is refused before it is read into a call.
+    let big = json!({"program": echo_program(), "from": "x".repeat(70_000)});
+    let (status, error) = call(&a, "POST", "/v1/calls", Some(big)).await;
+    assert_eq!((status, error.as_deref()), (413, Some("body_too_large")));
+
     let metrics = a.metrics().await.unwrap();
     assert!(metric_sum(&metrics, "callworker_limit_refused_total", &[("limit", "tenant_calls")]) >= 1.0);
     assert!(
         metric_sum(&metrics, "callworker_limit_refused_total", &[("limit", "api_rate")]) >= limited as f64
     );
     healthy.finish(&a).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tenant_call_cap_holds_across_workers_sharing_redis() {
+    let redis = RedisServer::start().await.unwrap();
+    let options = |name: &str| {
+        WorkerOptions::named(name)
+            .env("CALLWORKER_STORE__KIND", "redis")
+            .env("CALLWORKER_STORE__REDIS_URL", &redis.url())
+            .env("CALLWORKER_AUTH__TENANT_CALLS_MAX", "3")
+    };
+    let w1 = Worker::start(options("auth-cap-1")).await.unwrap();
+    let w2 = Worker::start(options("auth-cap-2")).await.unwrap();
+    let b1 = ControlApi::new(&w1.base_url).with_key(OTHER_TENANT_KEY);
+    let b2 = ControlApi::new(&w2.base_url).with_key(OTHER_TENANT_KEY);
+    let a2 = ControlApi::new(&w2.base_url).with_key(TENANT_KEY);
+    let first = b1.create_call(&json!({"program": echo_program()})).await.unwrap();
+    b1.create_call(&json!({"program": echo_program()})).await.unwrap();
+    b2.create_call(&json!({"program": echo_program()})).await.unwrap();
+    // Three live calls of tenant "other" across the two workers: a fourth is refused on both.
+    for api in [&b1, &b2] {
+        match api.create_call(&json!({"program": echo_program()})).await {
+            Err(ClientError::Api { status: 429, code, .. }) => assert_eq!(code, "tenant_calls_limit"),
+            other => panic!("a fourth call was not refused on {}: {other:?}", api.base_url()),
+        }
+    }
+    // Another tenant is not affected; ending one call (on the other worker) frees a place.
+    a2.create_call(&json!({"program": echo_program()})).await.unwrap();
+    b2.end_call(first.call_id()).await.unwrap();
+    b2.create_call(&json!({"program": echo_program()})).await.unwrap();
 }

@@ -908,6 +908,70 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_is_secure_by_default() {
+        let config = load(&[]).unwrap();
+        assert!(config.auth.required, "API keys are required by default");
+        assert!(config.auth.keys.is_empty() && config.auth.keys_file.is_none(), "no key ships");
+        assert!(config.twilio.verify_signatures);
+        assert!(config.security.allowed_origins.is_empty(), "no browser origin is allowed by default");
+    }
+
+    #[test]
+    fn keys_and_origins_are_validated() {
+        let hash = "a".repeat(64);
+        let good = format!(
+            r#"[{{id = "k1", role = "tenant", tenant = "acme", sha256 = "{hash}"}}, {{id = "op", role = "operator", sha256 = "{hash}", revoked = true}}]"#
+        );
+        let config = load(&[("CALLWORKER_AUTH__KEYS", &good)]).unwrap();
+        assert_eq!(config.auth.keys.len(), 2);
+        assert_eq!(config.auth.keys[0].tenant.as_ref().map(TenantId::as_str), Some("acme"));
+        assert_eq!((config.auth.keys[1].role, config.auth.keys[1].revoked), (Role::Operator, true));
+        let cases = [
+            (format!(r#"[{{id = "k1", role = "tenant", sha256 = "{hash}"}}]"#), "without a tenant"),
+            (
+                format!(r#"[{{id = "op", role = "operator", tenant = "acme", sha256 = "{hash}"}}]"#),
+                "must not name a tenant",
+            ),
+            (
+                r#"[{id = "k1", role = "tenant", tenant = "acme", sha256 = "abc"}]"#.to_owned(),
+                "64 hex digits",
+            ),
+            (
+                format!(
+                    r#"[{{id = "k1", role = "tenant", tenant = "acme", sha256 = "{}"}}]"#,
+                    "g".repeat(64)
+                ),
+                "64 hex digits",
+            ),
+            (
+                format!(r#"[{{id = "k 1", role = "tenant", tenant = "acme", sha256 = "{hash}"}}]"#),
+                "plain name",
+            ),
+            (
+                format!(
+                    r#"[{{id = "k", role = "tenant", tenant = "a", sha256 = "{hash}"}}, {{id = "k", role = "operator", sha256 = "{hash}"}}]"#
+                ),
+                "given twice",
+            ),
+            (format!(r#"[{{id = "k", role = "admin", sha256 = "{hash}"}}]"#), "role"),
+        ];
+        for (keys, needle) in cases {
+            let err = load(&[("CALLWORKER_AUTH__KEYS", &keys)]).expect_err(&keys).to_string();
+            assert!(err.contains(needle), "{keys}: {err}");
+        }
+        let err = load(&[("CALLWORKER_AUTH__KEYS_FILE", "/nonexistent/keys.toml")]).unwrap_err().to_string();
+        assert!(err.contains("auth.keys_file") && err.contains("not found"), "{err}");
+        for origin in [r#"["app.example.com"]"#, r#"["https://app.example.com/path"]"#, r#"["https://"]"#] {
+            let err =
+                load(&[("CALLWORKER_SECURITY__ALLOWED_ORIGINS", origin)]).expect_err(origin).to_string();
+            assert!(err.contains("allowed_origins"), "{origin}: {err}");
+        }
+        let config =
+            load(&[("CALLWORKER_SECURITY__ALLOWED_ORIGINS", r#"["HTTPS://App.Example.com/"]"#)]).unwrap();
+        assert_eq!(config.security.allowed_origins, ["https://app.example.com"]);
+    }
+
+    #[test]
     fn profiling_is_enabled_by_its_env_var() {
         let config = load(&[("CALLWORKER_PROFILING__ENABLED", "true")]).unwrap();
         assert!(config.profiling.enabled);

@@ -86,7 +86,6 @@ pub async fn create_call(
         (None, Some(named)) => named,
         (None, None) => state.config.calls.default_tenant.clone(),
     };
-    calls::admit_tenant(&state, &tenant).await?;
     for (field, value) in [("from", &req.from), ("to", &req.to)] {
         if value.as_ref().is_some_and(|v| v.len() > PARTY_BYTES_MAX || v.chars().any(char::is_control)) {
             return Err(invalid(
@@ -117,6 +116,8 @@ pub async fn create_call(
         limits,
         recording: req.record.unwrap_or(state.config.calls.recording),
     };
+    // Last before creating: the cap is read from the store, after every cheap check.
+    calls::admit_tenant(&state, &spec.tenant).await?;
     let (call, _) = calls::create(&state, spec, "api").await?;
     let token = state.tokens.issue(&call.id, &call.tenant, Epoch::ZERO, now());
     let body = json!({
