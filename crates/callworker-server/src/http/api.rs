@@ -389,8 +389,7 @@ pub struct RecordingParams {
     get,
     path = "/v1/calls/{id}/recording",
     tag = "calls",
-    params(("id" = String, Path, description = "Call id")),
-    params(RecordingParams),
+    params(("id" = String, Path, description = "Call id"), RecordingParams),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "WAV (mono, in the call's encoding); audio up to the last checkpoint", content_type = "audio/wav", body = Vec<u8>, headers(("x-recording-truncated" = String, description = "`true` when the recording reached its size bound"))),

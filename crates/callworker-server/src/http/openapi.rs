@@ -85,9 +85,20 @@ impl Modify for BearerScheme {
 /// marks that on structs but not on the variants of an enum.
 const CLOSED_ENUMS: &[&str] = &["Action", "ProgramSpec"];
 
-/// The document for a worker whose longest allowed call is `max_duration_ms`: the one bound
-/// of a request that comes from configuration rather than from a constant.
-pub fn document(mut doc: Document, max_duration_ms: u64) -> Document {
+/// The document for one worker: its longest allowed call, `max_duration_ms`, is the one
+/// bound of a request that comes from configuration rather than from a constant; when the
+/// worker does not check API keys (`authenticated` false), no operation names the `bearer`
+/// scheme, since none requires it.
+pub fn document(mut doc: Document, max_duration_ms: u64, authenticated: bool) -> Document {
+    if !authenticated {
+        for item in doc.paths.paths.values_mut() {
+            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch] {
+                if let Some(op) = op {
+                    op.security = None;
+                }
+            }
+        }
+    }
     let Some(components) = doc.components.as_mut() else { return doc };
     if let Some(RefOr::T(Schema::Object(create))) = components.schemas.get_mut("CreateCall")
         && let Some(RefOr::T(Schema::Object(field))) = create.properties.get_mut("max_duration_ms")

@@ -5,7 +5,7 @@ use super::*;
 /// The document as the router builds it.
 fn doc() -> (axum::Router<crate::state::AppState>, Document) {
     let (router, doc) = super::super::routes().split_for_parts();
-    (router, document(doc, 3_600_000))
+    (router, document(doc, 3_600_000, true))
 }
 
 fn documented_paths(doc: &Document) -> BTreeSet<String> {
@@ -72,6 +72,20 @@ fn the_document_is_valid_openapi_3_1() {
         let pointer = r.strip_prefix('#').unwrap_or_else(|| panic!("external $ref {r}"));
         assert!(value.pointer(pointer).is_some(), "$ref {r} does not resolve");
     }
+    // Every `{name}` of a path template is a path parameter of each of its operations.
+    for (path, item) in value["paths"].as_object().unwrap() {
+        let names: Vec<&str> = path.split('{').skip(1).filter_map(|s| s.split('}').next()).collect();
+        for (method, op) in item.as_object().unwrap() {
+            for name in &names {
+                let declared = op["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|p| p["in"] == "path" && p["name"] == *name && p["required"] == true);
+                assert!(declared, "{method} {path} does not declare its path parameter {name}");
+            }
+        }
+    }
     let schemas = value["components"]["schemas"].as_object().unwrap();
     for name in CLOSED_ENUMS {
         for variant in schemas[*name]["oneOf"].as_array().unwrap() {
@@ -111,6 +125,17 @@ fn authenticated_routes_name_the_bearer_scheme_and_public_ones_do_not() {
                     assert!(responses.contains_key(status), "{method} {path} does not document {status}");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn without_api_keys_no_operation_requires_the_bearer_scheme() {
+    let (_, doc) = super::super::routes().split_for_parts();
+    let value = serde_json::to_value(document(doc, 3_600_000, false)).unwrap();
+    for (path, item) in value["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op.get("security").is_none(), "{method} {path}: {}", op["security"]);
         }
     }
 }
