@@ -4,14 +4,12 @@
 
 mod common;
 
-use std::time::Duration;
-
 use callworker_client::api::ControlApi;
-use callworker_client::audio::{FrameClock, test_pattern};
-use callworker_client::native::{self, NativeReceiver, ServerEvent};
+use callworker_client::audio::test_pattern;
+use callworker_client::native::{self, NativeReceiver};
 use callworker_client::twilio::{StreamEvent, TwilioSimulator, TwilioStream};
 use callworker_protocol::native::{ClientControl, Hello};
-use callworker_testkit::{Worker, WorkerOptions};
+use callworker_testkit::{TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions};
 use common::*;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::Message;
@@ -19,9 +17,15 @@ use tokio_tungstenite::tungstenite::Message;
 /// (case, (close code, reason) observed, close code expected, transport, metric reason expected)
 type Outcome = (&'static str, (u16, String), u16, &'static str, &'static str);
 
-/// Sends `msgs` on a raw socket and returns the close code and reason.
+/// Sends `msgs` on a raw socket and returns the close code and reason (a Twilio media URL
+/// is opened with a valid `X-Twilio-Signature`).
 async fn raw_close(url: &str, msgs: Vec<Message>) -> (u16, String) {
-    let (mut tx, mut rx) = native::connect_raw(url).await.unwrap();
+    let (mut tx, mut rx) = if url.contains("/twilio/") {
+        let sim = TwilioSimulator::new("http://unused").with_auth_token(TWILIO_AUTH_TOKEN);
+        sim.connect_raw(url).await.unwrap()
+    } else {
+        native::connect_raw(url).await.unwrap()
+    };
     for m in msgs {
         if tx.send_raw(m).await.is_err() {
             break;
@@ -35,7 +39,7 @@ async fn stream_close(stream: &mut TwilioStream) -> (u16, String) {
 }
 
 async fn twilio_stream(worker: &Worker) -> TwilioStream {
-    let sim = TwilioSimulator::new(&worker.base_url);
+    let sim = TwilioSimulator::new(&worker.base_url).with_auth_token(TWILIO_AUTH_TOKEN);
     sim.open_stream(&format!("ws://127.0.0.1:{}/twilio/media", worker.port), "CAbad", Default::default())
         .await
         .unwrap()
@@ -56,46 +60,18 @@ fn hello_json(call_id: &str, token: &str, version: u16) -> Message {
 
 #[tokio::test]
 async fn every_bad_input_is_refused_specifically_while_a_healthy_call_carries_on() {
-    let worker = Worker::start(WorkerOptions::named("bad-input")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    // A short handshake timeout so that refusal is quick to observe.
+    let worker = Worker::start(
+        WorkerOptions::named("bad-input").env("CALLWORKER_LIMITS__HANDSHAKE_TIMEOUT_MS", "1500"),
+    )
+    .await
+    .unwrap();
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let twilio_url = format!("ws://127.0.0.1:{}/twilio/media", worker.port);
     let native_url = format!("ws://127.0.0.1:{}/v1/media", worker.port);
 
     // The healthy call: native echo for the whole test, checked byte for byte at the end.
-    let (healthy, mut htx, mut hrx, _) = native_call(&api, echo_program()).await;
-    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let sender = tokio::spawn(async move {
-        let mut clock = FrameClock::start();
-        let mut sent = Vec::new();
-        let mut seq = 0u64;
-        loop {
-            tokio::select! {
-                _ = &mut stop_rx => break,
-                _ = clock.tick() => {
-                    seq += 1;
-                    let frame = test_pattern(seq, 160);
-                    htx.send_audio(seq, &frame).await.unwrap();
-                    sent.extend_from_slice(&frame);
-                }
-            }
-        }
-        (htx, sent)
-    });
-    let receiver = tokio::spawn(async move {
-        let mut got = Vec::new();
-        let mut closed = None;
-        while let Some(event) = hrx.next().await {
-            match event {
-                ServerEvent::Audio { payload, .. } => got.extend_from_slice(&payload),
-                ServerEvent::Closed { code, reason } => {
-                    closed = Some((code, reason));
-                    break;
-                }
-                ServerEvent::Control(_) => {}
-            }
-        }
-        (got, closed, hrx)
-    });
+    let healthy = HealthyCall::start(&api).await;
 
     let mut results: Vec<Outcome> = Vec::new();
 
@@ -176,6 +152,44 @@ async fn every_bad_input_is_refused_specifically_while_a_healthy_call_carries_on
         }
     }
     results.push(("twilio message flood", stream_close(&mut stream).await, 4429, "twilio", "rate_limited"));
+
+    // A flood of bytes in few messages (24 × 12 kB of audio: far beyond 256 kB/s, far below
+    // 200 messages/s).
+    let mut stream = twilio_stream(&worker).await;
+    for _ in 0..24 {
+        if stream.send_media(vec![0xFF; 12_000]).await.is_err() {
+            break;
+        }
+    }
+    results.push(("twilio byte flood", stream_close(&mut stream).await, 4429, "twilio", "rate_limited"));
+
+    // A socket that never says hello is closed at the handshake timeout.
+    results.push((
+        "native handshake timeout",
+        raw_close(&native_url, vec![]).await,
+        4408,
+        "native",
+        "handshake_timeout",
+    ));
+
+    // permessage-deflate is never negotiated (compression would let a small frame expand
+    // into a large message past the size bound's cheap checks).
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = native_url.as_str().into_client_request().unwrap();
+        request.headers_mut().insert(
+            "Sec-WebSocket-Extensions",
+            "permessage-deflate; client_max_window_bits".parse().unwrap(),
+        );
+        let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+        assert_eq!(response.status(), 101);
+        assert!(
+            response.headers().get("sec-websocket-extensions").is_none(),
+            "no extension is negotiated: {:?}",
+            response.headers()
+        );
+        drop(ws);
+    }
 
     // --- native endpoint ---
     let victim = api.create_call(&json!({"program": echo_program()})).await.unwrap();
@@ -261,20 +275,21 @@ async fn every_bad_input_is_refused_specifically_while_a_healthy_call_carries_on
             ));
         }
     }
+    // The abuse limits are also counted by limit.
+    for limit in ["ws_message_rate", "ws_byte_rate", "ws_message_size", "handshake_timeout"] {
+        let counted = callworker_client::api::metric_sum(
+            &metrics,
+            "callworker_limit_refused_total",
+            &[("limit", limit)],
+        );
+        if counted < 1.0 {
+            failures.push(format!("no callworker_limit_refused_total{{limit=\"{limit}\"}}"));
+        }
+    }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    // The healthy call never noticed: let it run on a little past the last refusal.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let _ = stop_tx.send(());
-    let (mut htx, sent) = sender.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    htx.bye().await.unwrap();
-    let (got, closed_with, _) = receiver.await.unwrap();
-    assert_eq!(closed_with.map(|c| c.0), Some(1000), "the healthy call closed only on its own bye");
-    assert!(sent.len() >= 160 * 25, "the healthy call ran through the whole test");
-    assert_eq!(got, sent, "the healthy call's echo stayed byte-exact and complete");
-    let call = wait_for_call(&api, healthy.call_id(), |c| c["status"] == "ended").await;
-    assert_eq!(call["end_reason"], "client_hangup");
+    // The healthy call never noticed.
+    healthy.finish(&api).await;
 }
 
 async fn closed(rx: &mut NativeReceiver) -> (u16, String) {

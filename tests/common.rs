@@ -101,3 +101,72 @@ pub async fn next_twilio_media(stream: &mut TwilioStream) -> Vec<u8> {
     .await
     .expect("audio within the wait")
 }
+
+/// A native echo call that streams a test pattern every 20 ms for as long as a test runs,
+/// and at [`HealthyCall::finish`] proves it was undisturbed: closed only by its own `bye`,
+/// echo byte-exact and complete, ended `client_hangup`.
+pub struct HealthyCall {
+    pub call_id: String,
+    stop: tokio::sync::oneshot::Sender<()>,
+    sender: tokio::task::JoinHandle<(NativeSender, Vec<u8>)>,
+    receiver: tokio::task::JoinHandle<Received>,
+}
+
+/// What the healthy call's receiver saw: the audio, and the close code and reason.
+type Received = (Vec<u8>, Option<(u16, String)>);
+
+impl HealthyCall {
+    pub async fn start(api: &ControlApi) -> HealthyCall {
+        use callworker_client::audio::{FrameClock, test_pattern};
+        let (created, mut tx, mut rx, _) = native_call(api, echo_program()).await;
+        let (stop, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let sender = tokio::spawn(async move {
+            let mut clock = FrameClock::start();
+            let mut sent = Vec::new();
+            let mut seq = 0u64;
+            loop {
+                tokio::select! {
+                    _ = &mut stop_rx => break,
+                    _ = clock.tick() => {
+                        seq += 1;
+                        let frame = test_pattern(seq, 160);
+                        tx.send_audio(seq, &frame).await.unwrap();
+                        sent.extend_from_slice(&frame);
+                    }
+                }
+            }
+            (tx, sent)
+        });
+        let receiver = tokio::spawn(async move {
+            let mut got = Vec::new();
+            let mut closed = None;
+            while let Some(event) = rx.next().await {
+                match event {
+                    ServerEvent::Audio { payload, .. } => got.extend_from_slice(&payload),
+                    ServerEvent::Closed { code, reason } => {
+                        closed = Some((code, reason));
+                        break;
+                    }
+                    ServerEvent::Control(_) => {}
+                }
+            }
+            (got, closed)
+        });
+        HealthyCall { call_id: created.call_id().to_owned(), stop, sender, receiver }
+    }
+
+    /// Lets the call run a little longer, hangs up and checks it was never disturbed.
+    pub async fn finish(self, api: &ControlApi) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let _ = self.stop.send(());
+        let (mut tx, sent) = self.sender.await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tx.bye().await.unwrap();
+        let (got, closed_with) = self.receiver.await.unwrap();
+        assert_eq!(closed_with.map(|c| c.0), Some(1000), "the healthy call closed only on its own bye");
+        assert!(sent.len() >= 160 * 25, "the healthy call ran through the whole test");
+        assert_eq!(got, sent, "the healthy call's echo stayed byte-exact and complete");
+        let call = wait_for_call(api, &self.call_id, |c| c["status"] == "ended").await;
+        assert_eq!(call["end_reason"], "client_hangup");
+    }
+}

@@ -11,7 +11,7 @@ use callworker_client::audio::{FrameClock, test_pattern};
 use callworker_client::native::ServerEvent;
 use callworker_client::twilio::{StreamEvent, TwilioSimulator, Twiml};
 use callworker_protocol::native::ServerControl;
-use callworker_testkit::{Worker, WorkerOptions};
+use callworker_testkit::{TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions};
 use common::*;
 
 const FRAMES: u64 = 100;
@@ -20,7 +20,7 @@ const FRAME_BYTES: usize = 160;
 #[tokio::test]
 async fn native_echo_is_byte_exact_in_order_and_acked_after_checkpoints() {
     let worker = Worker::start(WorkerOptions::named("echo-native")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let (created, mut tx, mut rx, welcome) = native_call(&api, echo_program()).await;
     assert_eq!(welcome.epoch, 1, "the first attach takes epoch 0 → 1");
     assert_eq!(welcome.resume_from_seq, 1);
@@ -94,8 +94,8 @@ async fn native_echo_is_byte_exact_in_order_and_acked_after_checkpoints() {
 #[tokio::test]
 async fn twilio_echo_is_byte_exact_marks_are_answered_and_stop_ends_the_call() {
     let worker = Worker::start(WorkerOptions::named("echo-twilio")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
-    let sim = TwilioSimulator::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
+    let sim = TwilioSimulator::new(&worker.base_url).with_auth_token(TWILIO_AUTH_TOKEN);
     let mut stream = sim.place_call("+15550001111", "+15550002222").await.unwrap();
     let action = stream.action.clone().expect("TwiML names a <Connect action>");
 
@@ -155,8 +155,8 @@ async fn twilio_echo_is_byte_exact_marks_are_answered_and_stop_ends_the_call() {
 #[tokio::test]
 async fn a_static_twiml_stream_without_parameters_starts_a_call_with_the_default_program() {
     let worker = Worker::start(WorkerOptions::named("echo-static")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
-    let sim = TwilioSimulator::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
+    let sim = TwilioSimulator::new(&worker.base_url).with_auth_token(TWILIO_AUTH_TOKEN);
     let url = format!("ws://127.0.0.1:{}/twilio/media", worker.port);
     let mut stream = sim.open_stream(&url, "CAstatic", Default::default()).await.unwrap();
     let frame = test_pattern(3, FRAME_BYTES);

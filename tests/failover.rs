@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use callworker_client::api::{ControlApi, CreatedCall};
 use callworker_client::resilient::{CallEvent, EndCause, ResilientCall, ResilientConfig};
 use callworker_client::twilio::{StreamEvent, TwilioSimulator, Twiml};
-use callworker_testkit::{RedisServer, Signal, Worker, WorkerOptions};
+use callworker_testkit::{
+    OPERATOR_KEY, RedisServer, Signal, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions,
+};
 use common::*;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -55,7 +57,7 @@ impl Fleet {
     }
 
     fn api(&self, i: usize) -> ControlApi {
-        ControlApi::new(&self.workers[i].base_url)
+        ControlApi::new(&self.workers[i].base_url).with_key(TENANT_KEY)
     }
 
     /// Media URLs with worker `first` first, then the others.
@@ -117,7 +119,7 @@ async fn until(
 
 async fn recording(api: &ControlApi, call_id: &str) -> Vec<u8> {
     let url = format!("{}/v1/calls/{call_id}/recording", api.base_url());
-    let response = api.http().get(url).send().await.unwrap();
+    let response = api.http().get(url).bearer_auth(OPERATOR_KEY).send().await.unwrap();
     assert_eq!(response.status(), 200, "recording of {call_id}");
     let wav = response.bytes().await.unwrap();
     // RIFF header, fmt (18 bytes for μ-law), fact, then data: find the data chunk.
@@ -202,7 +204,7 @@ async fn native_calls_survive_kill_9_of_their_worker_with_no_audio_lost() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twilio_calls_resume_through_the_stream_ended_twiml() {
     let mut fleet = Fleet::start("twkill", 2, &[]).await;
-    let sim = TwilioSimulator::new(&fleet.workers[0].base_url);
+    let sim = TwilioSimulator::new(&fleet.workers[0].base_url).with_auth_token(TWILIO_AUTH_TOKEN);
     let mut stream = sim.place_call("+15550100", "+15550199").await.unwrap();
     let action = stream.action.clone().expect("the TwiML names an action URL");
     let call_id = action.split("call_id=").nth(1).unwrap().to_owned();
@@ -534,7 +536,8 @@ async fn workers_announce_themselves_in_the_registry() {
     let mut fleet = Fleet::start("registry", 2, &[]).await;
     let list = |api: ControlApi| async move {
         let url = format!("{}/v1/workers", api.base_url());
-        let body: Value = api.http().get(url).send().await.unwrap().json().await.unwrap();
+        let body: Value =
+            api.http().get(url).bearer_auth(OPERATOR_KEY).send().await.unwrap().json().await.unwrap();
         body["workers"].as_array().unwrap().clone()
     };
     let deadline = Instant::now() + WAIT;
@@ -654,12 +657,12 @@ async fn a_hung_workers_twilio_call_is_rescued_through_the_rest_api() {
         2,
         &[
             ("CALLWORKER_TWILIO__ACCOUNT_SID", "ACtest"),
-            ("CALLWORKER_TWILIO__AUTH_TOKEN", "secret"),
+            ("CALLWORKER_TWILIO__AUTH_TOKEN", TWILIO_AUTH_TOKEN),
             ("CALLWORKER_TWILIO__REST_API_BASE_URL", &rest_url),
         ],
     )
     .await;
-    let sim = TwilioSimulator::new(&fleet.workers[0].base_url);
+    let sim = TwilioSimulator::new(&fleet.workers[0].base_url).with_auth_token(TWILIO_AUTH_TOKEN);
     let mut hung = sim.place_call("+15550100", "+15550199").await.unwrap();
     let call_id = hung.action.clone().unwrap().split("call_id=").nth(1).unwrap().to_owned();
     for _ in 0..10 {
@@ -759,7 +762,8 @@ async fn the_drain_endpoint_moves_every_call_off_a_worker() {
         calls.push((created, call, events));
     }
     let url = format!("{}/v1/admin/drain", api0.base_url());
-    let body: Value = api0.http().post(url).send().await.unwrap().json().await.unwrap();
+    let body: Value =
+        api0.http().post(url).bearer_auth(OPERATOR_KEY).send().await.unwrap().json().await.unwrap();
     assert_eq!(body["migrating"], 3, "{body}");
     for (i, (_, call, events)) in calls.iter_mut().enumerate() {
         until(events, WAIT, |e| matches!(e, CallEvent::Resumed { .. })).await;

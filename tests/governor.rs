@@ -9,7 +9,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use callworker_client::api::ControlApi;
-use callworker_testkit::{Worker, WorkerOptions};
+use callworker_testkit::{OPERATOR_KEY, TENANT_KEY, Worker, WorkerOptions};
 use common::*;
 use serde_json::{Value, json};
 
@@ -48,7 +48,7 @@ async fn memory_heavy_calls(
 
 async fn admin_memory(api: &ControlApi) -> Value {
     let url = format!("{}/v1/admin/memory", api.base_url());
-    api.http().get(url).send().await.unwrap().json().await.unwrap()
+    api.http().get(url).bearer_auth(OPERATOR_KEY).send().await.unwrap().json().await.unwrap()
 }
 
 /// Waits for the governor's first sample; `None` (after saying why, loudly) when this
@@ -76,7 +76,7 @@ async fn over_its_memory_limit_a_worker_admits_nothing_and_says_why() {
     )
     .await
     .unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let Some(memory) = first_sample(&api).await else { return };
     assert_eq!(memory["level"], "emergency", "{memory}");
     assert_eq!(memory["sample"]["limit_bytes"], 1_048_576);
@@ -128,7 +128,7 @@ async fn well_under_its_limit_a_worker_admits_as_usual() {
     )
     .await
     .unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let Some(memory) = first_sample(&api).await else { return };
     let limit = memory["sample"]["limit_bytes"].as_u64().unwrap();
     assert!(limit <= 1_099_511_627_776, "the configured limit or a lower cgroup one: {memory}");
@@ -185,7 +185,7 @@ async fn near_its_cgroup_limit_a_worker_migrates_calls_instead_of_being_oom_kill
     );
 
     const CALLS: usize = 40;
-    let api = ControlApi::new(&heavy.base_url);
+    let api = ControlApi::new(&heavy.base_url).with_key(TENANT_KEY);
     let urls = vec![
         format!("ws://127.0.0.1:{}/v1/media", heavy.port),
         format!("ws://127.0.0.1:{}/v1/media", other.port),
@@ -228,7 +228,7 @@ async fn near_its_cgroup_limit_a_worker_migrates_calls_instead_of_being_oom_kill
     assert!(heavy.try_wait().unwrap().is_none(), "the worker was killed: {}", heavy.log_tail());
     assert_eq!(cgroup.oom_kills().unwrap(), 0, "no OOM kill in the worker's cgroup");
     let migrated = metric(&api, "callworker_governor_actions_total", &[("action", "migrate")]).await;
-    let other_api = ControlApi::new(&other.base_url);
+    let other_api = ControlApi::new(&other.base_url).with_key(TENANT_KEY);
     let resumed = metric(&other_api, "callworker_calls_resumed_total", &[("cause", "migrated_memory")]).await;
     eprintln!(
         "peak working set {} KiB of {} KiB; migrated {migrated}, resumed elsewhere {resumed}",
@@ -270,7 +270,7 @@ async fn an_allocator_purge_returns_freed_memory_to_the_kernel() {
     use callworker_client::resilient::EndCause;
 
     let worker = Worker::start(WorkerOptions::named("governor-purge")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let urls = [format!("ws://127.0.0.1:{}/v1/media", worker.port)];
     let calls = memory_heavy_calls(&api, 40, &urls).await;
     let frame = vec![0x22u8; 640];
@@ -286,7 +286,13 @@ async fn an_allocator_purge_returns_freed_memory_to_the_kernel() {
     }
     let allocator = admin_memory(&api).await["allocator"].clone();
     assert!(allocator["resident"].as_u64().is_some(), "jemalloc statistics are served: {allocator}");
-    let purge = api.http().post(format!("{}/v1/admin/memory/purge", worker.base_url)).send().await.unwrap();
+    let purge = api
+        .http()
+        .post(format!("{}/v1/admin/memory/purge", worker.base_url))
+        .bearer_auth(OPERATOR_KEY)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(purge.status(), 200);
     let report: Value = purge.json().await.unwrap();
     let (before, after) =

@@ -7,7 +7,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use callworker_testkit::{Worker, WorkerOptions};
+use callworker_testkit::{OPERATOR_KEY, Worker, WorkerOptions};
 use prost::Message;
 use serde_json::Value;
 
@@ -53,6 +53,13 @@ struct Mapping {
     id: u64,
 }
 
+/// A client that sends the operator key (the profile route is an operator route).
+fn operator_http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, format!("Bearer {OPERATOR_KEY}").parse().unwrap());
+    reqwest::Client::builder().default_headers(headers).build().unwrap()
+}
+
 fn profile_url(worker: &Worker, seconds: &str) -> String {
     format!("{}/v1/admin/memory/profile?seconds={seconds}", worker.base_url)
 }
@@ -70,7 +77,7 @@ async fn disabled_by_configuration_the_endpoint_is_not_found() {
     let worker = Worker::start(WorkerOptions::named("profiling-off").env("_RJEM_MALLOC_CONF", MALLOC_CONF))
         .await
         .unwrap();
-    let response = reqwest::get(profile_url(&worker, "1")).await.unwrap();
+    let response = operator_http().get(profile_url(&worker, "1")).send().await.unwrap();
     let message = expect_error(response, 404, "profiling_disabled").await;
     assert!(message.contains("CALLWORKER_PROFILING__ENABLED"), "{message}");
 }
@@ -81,7 +88,7 @@ async fn without_jemalloc_profiling_the_endpoint_says_how_to_start_the_worker() 
         Worker::start(WorkerOptions::named("profiling-no-prof").env("CALLWORKER_PROFILING__ENABLED", "true"))
             .await
             .unwrap();
-    let response = reqwest::get(profile_url(&worker, "1")).await.unwrap();
+    let response = operator_http().get(profile_url(&worker, "1")).send().await.unwrap();
     let message = expect_error(response, 409, "profiling_unavailable").await;
     assert!(message.contains(&format!("_RJEM_MALLOC_CONF={MALLOC_CONF}")), "{message}");
 }
@@ -95,7 +102,7 @@ async fn a_one_second_profile_is_a_gzipped_pprof_heap_profile() {
     )
     .await
     .unwrap();
-    let http = reqwest::Client::new();
+    let http = operator_http();
 
     for seconds in ["0", "301"] {
         let response = http.get(profile_url(&worker, seconds)).send().await.unwrap();

@@ -11,7 +11,7 @@ use callworker_client::native::ServerEvent;
 use callworker_client::twilio::{StreamEvent, TwilioSimulator};
 use callworker_protocol::codec::{self, Encoding};
 use callworker_protocol::native::ServerControl;
-use callworker_testkit::{Worker, WorkerOptions};
+use callworker_testkit::{TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions};
 use common::*;
 
 fn pcm(ulaw: &[u8]) -> Vec<i16> {
@@ -29,7 +29,7 @@ fn powers(ulaw: &[u8], freqs: &[f64]) -> Vec<f64> {
 #[tokio::test]
 async fn native_tone_reacts_to_dtmf_and_the_hangup_digit_completes_the_call() {
     let worker = Worker::start(WorkerOptions::named("tone-native")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let (created, mut tx, mut rx, _) = native_call(&api, tone_program()).await;
 
     // 200 ms of the pattern: a 440 Hz tone, nothing at the DTMF frequencies.
@@ -92,8 +92,8 @@ async fn twilio_tone_reacts_to_dtmf() {
     )
     .await
     .unwrap();
-    let api = ControlApi::new(&worker.base_url);
-    let sim = TwilioSimulator::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
+    let sim = TwilioSimulator::new(&worker.base_url).with_auth_token(TWILIO_AUTH_TOKEN);
     let mut stream = sim.place_call("+15550003333", "+15550004444").await.unwrap();
 
     let mut heard = Vec::new();

@@ -28,8 +28,21 @@ pub struct ControlApi {
 }
 
 impl ControlApi {
+    /// A client without an API key (only `/healthz`, `/readyz` and `/metrics` answer it).
     pub fn new(base_url: &str) -> ControlApi {
         ControlApi { base_url: base_url.trim_end_matches('/').to_owned(), http: reqwest::Client::new() }
+    }
+
+    /// The same client sending `Authorization: Bearer <key>` on every request, including those
+    /// made through [`ControlApi::http`] (a request's own `Authorization` header wins).
+    pub fn with_key(self, key: &str) -> ControlApi {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Ok(mut value) = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}")) {
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
+        let http = reqwest::Client::builder().default_headers(headers).build().unwrap_or_default();
+        ControlApi { base_url: self.base_url, http }
     }
 
     pub fn base_url(&self) -> &str {

@@ -160,8 +160,10 @@ pub async fn connect_with_timeout(
 }
 
 /// Opens a raw WebSocket to a media URL (for tests that speak the protocol by hand).
-pub async fn connect_raw(url: &str) -> Result<(NativeSender, NativeReceiver), ClientError> {
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(ws_config()), true).await?;
+pub async fn connect_raw(
+    request: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+) -> Result<(NativeSender, NativeReceiver), ClientError> {
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(request, Some(ws_config()), true).await?;
     let (sink, stream) = ws.split();
     Ok((NativeSender { sink }, NativeReceiver { stream, closed: false }))
 }

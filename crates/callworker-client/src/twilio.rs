@@ -84,6 +84,9 @@ pub struct TwilioSimulator {
     base_url: String,
     http: reqwest::Client,
     account_sid: String,
+    /// Signs every webhook and stream upgrade (`X-Twilio-Signature`) as Twilio does; `None`
+    /// sends no signature.
+    auth_token: Option<String>,
 }
 
 impl TwilioSimulator {
@@ -92,7 +95,53 @@ impl TwilioSimulator {
             base_url: base_url.trim_end_matches('/').to_owned(),
             http: reqwest::Client::new(),
             account_sid: "AC00000000000000000000000000000000".to_owned(),
+            auth_token: None,
         }
+    }
+
+    /// Signs requests with the account's auth token (the worker's `twilio.auth_token`).
+    pub fn with_auth_token(mut self, auth_token: &str) -> TwilioSimulator {
+        self.auth_token = Some(auth_token.to_owned());
+        self
+    }
+
+    /// The WebSocket upgrade request for `stream_url`, signed when an auth token is set
+    /// (Twilio signs the upgrade over the stream URL with no parameters).
+    pub fn upgrade_request(
+        &self,
+        stream_url: &str,
+    ) -> Result<tokio_tungstenite::tungstenite::handshake::client::Request, ClientError> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut request = stream_url.into_client_request()?;
+        if let Some(token) = &self.auth_token {
+            let signature = callworker_protocol::twilio_signature::sign(token.as_bytes(), stream_url, &[]);
+            let value = signature
+                .parse()
+                .map_err(|_| ClientError::Protocol("signature is not a header value".into()))?;
+            request.headers_mut().insert("X-Twilio-Signature", value);
+        }
+        Ok(request)
+    }
+
+    /// A bare (signed) socket to a Twilio media URL with nothing sent yet, for tests that
+    /// send malformed messages.
+    pub async fn connect_raw(
+        &self,
+        stream_url: &str,
+    ) -> Result<(crate::native::NativeSender, crate::native::NativeReceiver), ClientError> {
+        crate::native::connect_raw(self.upgrade_request(stream_url)?).await
+    }
+
+    /// A form POST to `url`, signed when an auth token is set.
+    async fn post_form(&self, url: &str, form: &[(&str, &str)]) -> Result<reqwest::Response, ClientError> {
+        let mut request = self.http.post(url).form(form);
+        if let Some(token) = &self.auth_token {
+            let params: Vec<(String, String)> =
+                form.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+            let signature = callworker_protocol::twilio_signature::sign(token.as_bytes(), url, &params);
+            request = request.header("X-Twilio-Signature", signature);
+        }
+        Ok(request.send().await?)
     }
 
     fn sid(prefix: &str) -> String {
@@ -109,7 +158,7 @@ impl TwilioSimulator {
             ("Direction", "inbound"),
             ("CallStatus", "in-progress"),
         ];
-        let response = self.http.post(format!("{}/twilio/voice", self.base_url)).form(&form).send().await?;
+        let response = self.post_form(&format!("{}/twilio/voice", self.base_url), &form).await?;
         let status = response.status().as_u16();
         let text = response.text().await?;
         if status != 200 {
@@ -122,7 +171,7 @@ impl TwilioSimulator {
     pub async fn stream_ended(&self, action: &str, call_sid: &str) -> Result<Twiml, ClientError> {
         let form =
             [("CallSid", call_sid), ("AccountSid", self.account_sid.as_str()), ("CallStatus", "in-progress")];
-        let response = self.http.post(action).form(&form).send().await?;
+        let response = self.post_form(action, &form).await?;
         let status = response.status().as_u16();
         let text = response.text().await?;
         if status != 200 {
@@ -151,8 +200,9 @@ impl TwilioSimulator {
         call_sid: &str,
         parameters: BTreeMap<String, String>,
     ) -> Result<TwilioStream, ClientError> {
+        let request = self.upgrade_request(stream_url)?;
         let (ws, _) =
-            tokio_tungstenite::connect_async_with_config(stream_url, Some(crate::native::ws_config()), true)
+            tokio_tungstenite::connect_async_with_config(request, Some(crate::native::ws_config()), true)
                 .await?;
         let stream_sid = Self::sid("MZ");
         let (commands_tx, commands_rx) = mpsc::channel(COMMANDS_MAX);

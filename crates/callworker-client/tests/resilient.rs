@@ -13,7 +13,7 @@ use callworker_client::resilient::{
     CallEvent, EndCause, ReconnectPolicy, ResilientCall, ResilientConfig, ResumeFrom,
 };
 use callworker_protocol::{AudioFormat, Encoding};
-use callworker_testkit::{Signal, Worker, WorkerOptions, free_port};
+use callworker_testkit::{Signal, TENANT_KEY, Worker, WorkerOptions, free_port};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -135,7 +135,7 @@ async fn send_paced(
 #[tokio::test]
 async fn dropped_connections_resume_and_the_echo_stays_exact_and_in_order() {
     let worker = Worker::start(WorkerOptions::named("resilient-replay")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let created = echo_call(&api).await;
     let (call, mut events) = connect(&created, ResilientConfig::default()).await;
     assert_eq!(call.session().epoch, 1);
@@ -199,7 +199,7 @@ async fn a_half_open_connection_is_replaced_and_what_the_checkpoint_missed_is_re
     )
     .await
     .unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let created = echo_call(&api).await;
     let (call, mut events) = connect(&created, ResilientConfig::default()).await;
     let total = 200;
@@ -255,7 +255,7 @@ async fn a_half_open_connection_is_replaced_and_what_the_checkpoint_missed_is_re
 #[tokio::test]
 async fn a_fenced_connection_stops_for_good_and_nobody_ping_pongs() {
     let worker = Worker::start(WorkerOptions::named("resilient-fence")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let created = echo_call(&api).await;
     let (mut a, mut a_events) = connect(&created, ResilientConfig::default()).await;
 
@@ -310,7 +310,7 @@ async fn a_fenced_connection_stops_for_good_and_nobody_ping_pongs() {
 #[tokio::test]
 async fn a_silent_connection_is_declared_dead_and_resumed_with_the_audio_buffered_meanwhile() {
     let mut worker = Worker::start(WorkerOptions::named("resilient-liveness")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let created = echo_call(&api).await;
     let (call, mut events) = connect(&created, ResilientConfig::default()).await;
     let sent = test_pattern(9, FRAME_BYTES * 120);
@@ -347,7 +347,7 @@ async fn a_silent_connection_is_declared_dead_and_resumed_with_the_audio_buffere
 #[tokio::test]
 async fn the_first_connection_rotates_media_urls_and_gives_up_when_bounded() {
     let worker = Worker::start(WorkerOptions::named("resilient-urls")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let created = echo_call(&api).await;
     let dead = format!("ws://127.0.0.1:{}/v1/media", free_port());
 
@@ -380,7 +380,7 @@ async fn the_first_connection_rotates_media_urls_and_gives_up_when_bounded() {
 #[tokio::test]
 async fn final_close_codes_are_never_retried() {
     let worker = Worker::start(WorkerOptions::named("resilient-final")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let created = echo_call(&api).await;
     // A retry would wait 10 s first: the refusal must come back well before.
     let patient = ResilientConfig {
@@ -427,7 +427,7 @@ async fn final_close_codes_are_never_retried() {
 #[tokio::test]
 async fn a_migrate_on_shutdown_is_followed_and_a_bounded_resume_gives_up() {
     let mut worker = Worker::start(WorkerOptions::named("resilient-migrate")).await.unwrap();
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let created = echo_call(&api).await;
     let (mut call, mut events) = connect(&created, quick_policy()).await;
     call.send_audio(&[0xFF; FRAME_BYTES]).await.unwrap();

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use callworker_client::api::ControlApi;
 use callworker_client::audio::FRAME;
-use callworker_client::twilio::TwilioSimulator;
 use clap::{Args, ValueEnum};
 use serde_json::json;
 use tokio::task::JoinSet;
@@ -131,8 +129,8 @@ pub async fn run(args: CallsArgs) -> anyhow::Result<bool> {
     let frames = frames_for(args.duration_s);
     let histograms = Arc::new(SharedHistograms::default());
     let clients = Clients {
-        api: ControlApi::new(&args.target),
-        twilio: TwilioSimulator::new(&args.target),
+        api: crate::api(&args.target),
+        twilio: crate::twilio(&args.target),
         create_body: Arc::new(json!({"program": {"name": "echo", "params": {"delay_ms": 0}}})),
         histograms: histograms.clone(),
     };

@@ -15,8 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use callworker_client::api::ControlApi;
-use callworker_client::twilio::TwilioSimulator;
 use clap::Args;
 use hdrhistogram::Histogram;
 use serde::Serialize;
@@ -115,8 +113,8 @@ pub(crate) struct Load {
 pub(crate) fn start_load(base_url: &str, calls: u32, ramp_s: f64, hold_s: f64, seed_base: u64) -> Load {
     let histograms = Arc::new(SharedHistograms::default());
     let clients = Clients {
-        api: ControlApi::new(base_url),
-        twilio: TwilioSimulator::new(base_url),
+        api: crate::api(base_url),
+        twilio: crate::twilio(base_url),
         create_body: Arc::new(json!({"program": {"name": "echo", "params": {"delay_ms": 0}}})),
         histograms: histograms.clone(),
     };

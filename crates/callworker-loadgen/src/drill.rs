@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use callworker_client::api::ControlApi;
 use callworker_protocol::{AudioFormat, Encoding};
 use clap::{Args, ValueEnum};
 use serde_json::{Value, json};
@@ -184,7 +183,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<bool> {
         "program": args.program,
         "audio": {"encoding": encoding, "sample_rate_hz": format.sample_rate_hz},
     });
-    let api = ControlApi::new(&target);
+    let api = crate::operator_api(&target);
     let health =
         tokio::time::timeout(Duration::from_secs(5), api.http().get(format!("{target}/healthz")).send())
             .await
@@ -200,7 +199,7 @@ pub async fn run(args: DrillArgs) -> anyhow::Result<bool> {
     let sources = Sources {
         cgroup: cgroup.clone(),
         target: api.clone(),
-        others: others.iter().map(|o| ControlApi::new(o)).collect(),
+        others: others.iter().map(|o| crate::operator_api(o)).collect(),
         period: Duration::from_millis(args.sample_ms),
         threshold: args.threshold,
         started,
@@ -281,7 +280,7 @@ async fn survived(pid: Option<u32>, target: &str) -> bool {
             return false;
         }
     }
-    let api = ControlApi::new(target);
+    let api = crate::api(target);
     let probe = api.http().get(format!("{target}/healthz")).send();
     matches!(tokio::time::timeout(Duration::from_secs(3), probe).await, Ok(Ok(r)) if r.status().is_success())
 }

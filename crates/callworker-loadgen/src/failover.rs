@@ -241,7 +241,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
         drop_at: (victim_pid.is_none() && !args.no_fault).then_some(drop_rx),
         config: ResilientConfig::default(),
     };
-    let apis: Vec<ControlApi> = workers.iter().map(|w| ControlApi::new(w)).collect();
+    let apis: Vec<ControlApi> = workers.iter().map(|w| crate::api(w)).collect();
     let started = Instant::now();
     let mut tasks = JoinSet::new();
     for index in 0..args.calls {
@@ -320,7 +320,7 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<bool> {
         (None, _) => Some(workers[victim].clone()),
     };
     if let Some(base) = recordings_from {
-        verify_recordings(&ControlApi::new(&base), &mut outcomes, args.verify_recordings).await;
+        verify_recordings(&crate::api(&base), &mut outcomes, args.verify_recordings).await;
     }
 
     let info = RunInfo {

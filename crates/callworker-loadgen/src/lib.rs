@@ -44,8 +44,59 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "callworker-loadgen", version, about = "Load generator for callworker")]
 pub struct Cli {
+    #[command(flatten)]
+    pub credentials: Credentials,
     #[command(subcommand)]
     pub mode: Mode,
+}
+
+/// What the load generator authenticates with (the worker refuses unauthenticated API
+/// calls and unsigned Twilio requests).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Credentials {
+    /// Control-API key for creating and reading calls (`callworker keys new --tenant …`).
+    #[arg(long, env = "CALLWORKER_API_KEY", global = true, hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// Operator key for `/v1/admin/*` (the drill's memory samples); the API key when absent.
+    #[arg(long, env = "CALLWORKER_OPERATOR_KEY", global = true, hide_env_values = true)]
+    pub operator_key: Option<String>,
+    /// The workers' `twilio.auth_token`: simulated Twilio requests are signed with it.
+    #[arg(long, env = "CALLWORKER_TWILIO_AUTH_TOKEN", global = true, hide_env_values = true)]
+    pub twilio_auth_token: Option<String>,
+}
+
+static CREDENTIALS: std::sync::OnceLock<Credentials> = std::sync::OnceLock::new();
+
+fn credentials() -> Credentials {
+    CREDENTIALS.get().cloned().unwrap_or_default()
+}
+
+/// A control-API client for `base_url` with the configured API key.
+pub fn api(base_url: &str) -> callworker_client::api::ControlApi {
+    let api = callworker_client::api::ControlApi::new(base_url);
+    match credentials().api_key {
+        Some(key) => api.with_key(&key),
+        None => api,
+    }
+}
+
+/// A control-API client for `base_url` with the operator key (else the API key).
+pub fn operator_api(base_url: &str) -> callworker_client::api::ControlApi {
+    let c = credentials();
+    let api = callworker_client::api::ControlApi::new(base_url);
+    match c.operator_key.or(c.api_key) {
+        Some(key) => api.with_key(&key),
+        None => api,
+    }
+}
+
+/// A Twilio simulator for `base_url` signing with the configured auth token.
+pub fn twilio(base_url: &str) -> callworker_client::twilio::TwilioSimulator {
+    let sim = callworker_client::twilio::TwilioSimulator::new(base_url);
+    match credentials().twilio_auth_token {
+        Some(token) => sim.with_auth_token(&token),
+        None => sim,
+    }
 }
 
 /// The modes; each is a module.
@@ -69,7 +120,8 @@ pub enum Mode {
 }
 
 /// Runs a mode; `Ok(false)` when its verdict failed.
-pub async fn run(mode: Mode) -> anyhow::Result<bool> {
+pub async fn run(credentials: Credentials, mode: Mode) -> anyhow::Result<bool> {
+    let _ = CREDENTIALS.set(credentials);
     match mode {
         Mode::Calls(args) => calls::run(args).await,
         Mode::Failover(args) => failover::run(args).await,

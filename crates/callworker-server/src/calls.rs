@@ -13,6 +13,28 @@ use crate::state::{AppState, new_call_id, now};
 /// Attempts to end a call through the store when its epoch moves under us.
 const END_ATTEMPTS_MAX: usize = 3;
 
+/// Refuses a new call for `tenant` when it already has `auth.tenant_calls_max` live calls
+/// across the fleet (429 `tenant_calls_limit`). The count is read from the store, so two
+/// creations racing on different workers may both pass: the cap can be exceeded by the
+/// creations in flight at the same moment, never more.
+pub async fn admit_tenant(state: &AppState, tenant: &callworker_call::TenantId) -> Result<(), Error> {
+    let max = state.config.auth.tenant_calls_max;
+    if max == 0 {
+        return Ok(());
+    }
+    let live = state.store.live_calls_of(tenant, max).await?;
+    if live >= max {
+        crate::auth::count_limit("tenant_calls");
+        return Err(Error::new(
+            ErrorKind::RateLimited,
+            "tenant_calls_limit",
+            format!("this tenant already has {max} live calls"),
+        )
+        .retry_after(1));
+    }
+    Ok(())
+}
+
 /// Creates a call in status `created` (its first checkpoint is the initial state).
 pub async fn create(
     state: &AppState,

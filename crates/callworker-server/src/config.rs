@@ -40,6 +40,144 @@ pub struct Config {
     pub resume: ResumeConfig,
     pub governor: GovernorConfig,
     pub profiling: ProfilingConfig,
+    pub auth: AuthConfig,
+}
+
+/// Who may call the control API, and how much (see `auth.rs`).
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Whether every control-API route needs an API key. Off is for local experiments only:
+    /// every request then acts as an operator, and the worker warns at start.
+    pub required: bool,
+    /// Keys written in the configuration (reloaded only with the process).
+    pub keys: Vec<ApiKeyConfig>,
+    /// A TOML file of `[[keys]]` (a Kubernetes Secret mount), re-read when its modification
+    /// time changes; a file that fails to parse keeps the previous keys and is logged.
+    pub keys_file: Option<std::path::PathBuf>,
+    /// Period of the keys file's modification-time check.
+    pub keys_reload_interval: Duration,
+    /// Control-API requests per second per key (token bucket); above it 429 `rate_limited`
+    /// with `Retry-After`. One bucket per configured key, so the map is bounded by
+    /// [`API_KEYS_MAX`].
+    pub requests_per_second: u32,
+    /// Bucket size: requests a key may make at once after being idle.
+    pub requests_burst: u32,
+    /// Live (not ended) calls one tenant may have across the fleet; creation beyond it is
+    /// refused with 429 `tenant_calls_limit`. 0 = unlimited.
+    pub tenant_calls_max: usize,
+}
+
+/// Most API keys a worker accepts (config and keys file together).
+pub const API_KEYS_MAX: usize = 10_000;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// `/v1/calls…` for its own tenant only.
+    Tenant,
+    /// Every route, every tenant: `/v1/admin/*`, `/v1/workers`, and any call.
+    Operator,
+}
+
+/// One API key as configured: never the key itself, only its SHA-256.
+#[derive(Debug, Clone)]
+pub struct ApiKeyConfig {
+    /// Names the key in logs and metrics (never secret).
+    pub id: String,
+    pub role: Role,
+    /// The key's tenant (tenant keys); operators have none.
+    pub tenant: Option<TenantId>,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// A revoked key is refused with 401 `revoked_api_key`.
+    pub revoked: bool,
+}
+
+/// A key as written in `[auth] keys` or a keys file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApiKey {
+    id: String,
+    #[serde(default)]
+    tenant: String,
+    role: Role,
+    sha256: String,
+    #[serde(default)]
+    revoked: bool,
+}
+
+/// The keys file's form: `[[keys]]` tables.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKeysFile {
+    #[serde(default)]
+    keys: Vec<RawApiKey>,
+}
+
+/// Validates keys (from the configuration or a keys file): plain unique ids, a tenant for
+/// tenant keys and none for operators, 64 hex digits of SHA-256.
+pub fn validate_keys(raw: Vec<RawApiKey>, origin: &str) -> Result<Vec<ApiKeyConfig>, ConfigError> {
+    if raw.len() > API_KEYS_MAX {
+        return Err(invalid(format!("{origin}: more than {API_KEYS_MAX} keys")));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut keys = Vec::with_capacity(raw.len());
+    for k in raw {
+        let plain = |s: &str| {
+            !s.is_empty()
+                && s.len() <= 64
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        };
+        if !plain(&k.id) {
+            return Err(invalid(format!(
+                "{origin}: key id {:?} is not a plain name (≤ 64 of a-z0-9-_.)",
+                k.id
+            )));
+        }
+        if !seen.insert(k.id.clone()) {
+            return Err(invalid(format!("{origin}: key id {:?} is given twice", k.id)));
+        }
+        let tenant = match (k.role, k.tenant.as_str()) {
+            (Role::Tenant, "") => {
+                return Err(invalid(format!("{origin}: key {:?} is a tenant key without a tenant", k.id)));
+            }
+            (Role::Tenant, t) => Some(
+                TenantId::parse(t).map_err(|e| invalid(format!("{origin}: key {:?} tenant: {e}", k.id)))?,
+            ),
+            (Role::Operator, "") => None,
+            (Role::Operator, _) => {
+                return Err(invalid(format!("{origin}: operator key {:?} must not name a tenant", k.id)));
+            }
+        };
+        let sha256 = parse_sha256_hex(&k.sha256)
+            .ok_or_else(|| invalid(format!("{origin}: key {:?} sha256 must be 64 hex digits", k.id)))?;
+        keys.push(ApiKeyConfig { id: k.id, role: k.role, tenant, sha256, revoked: k.revoked });
+    }
+    Ok(keys)
+}
+
+fn parse_sha256_hex(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Reads and validates a keys file.
+pub fn load_keys_file(path: &Path) -> Result<Vec<ApiKeyConfig>, ConfigError> {
+    let origin = format!("auth.keys_file {}", path.display());
+    if !path.is_file() {
+        return Err(invalid(format!("{origin}: not found")));
+    }
+    let raw: RawKeysFile = Figment::from(Toml::file(path))
+        .extract()
+        .map_err(|e| invalid(format!("{origin}: {}", one_line(&e.to_string()))))?;
+    validate_keys(raw.keys, &origin)
 }
 
 /// On-demand heap profiling (see `profiling.rs`).
@@ -150,7 +288,12 @@ pub struct TwilioConfig {
     pub parse_limits: twilio::Limits,
     /// Twilio's REST API base URL (tests point it at a local recorder).
     pub rest_api_base_url: String,
+    /// Whether webhooks and the media upgrade must carry a valid `X-Twilio-Signature`
+    /// (keyed by `auth_token`). While on with no `auth_token`, every Twilio route is refused
+    /// with 403 `twilio_not_configured`; off, the worker warns at start.
+    pub verify_signatures: bool,
     /// Credentials for the REST call-update rescue; rescue is off while either is empty.
+    /// `auth_token` also keys `X-Twilio-Signature`.
     pub account_sid: String,
     pub auth_token: String,
     /// Time allowed for one REST request.
@@ -193,6 +336,10 @@ pub struct SecurityConfig {
     pub token_secret: Vec<u8>,
     /// Lifetime of a resume token from issue.
     pub resume_token_ttl: Duration,
+    /// Browser origins (`scheme://host[:port]`) allowed to call the API or open media
+    /// sockets; a request with another `Origin` is refused with 403 `origin_not_allowed`.
+    /// Requests without `Origin` (servers, SDKs, Twilio) are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +392,19 @@ struct RawConfig {
     resume: RawResume,
     governor: RawGovernor,
     profiling: RawProfiling,
+    auth: RawAuth,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    required: bool,
+    keys: Vec<RawApiKey>,
+    keys_file: String,
+    keys_reload_interval_ms: u64,
+    requests_per_second: u32,
+    requests_burst: u32,
+    tenant_calls_max: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -321,6 +481,7 @@ struct RawCheckpoint {
 struct RawTwilio {
     mark_interval_frames: u32,
     payload_bytes_max: usize,
+    verify_signatures: bool,
     rest_api_base_url: String,
     account_sid: String,
     auth_token: String,
@@ -344,6 +505,7 @@ struct RawResume {
 struct RawSecurity {
     token_secret: String,
     resume_token_ttl_ms: u64,
+    allowed_origins: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -576,6 +738,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             url
         },
+        verify_signatures: raw.twilio.verify_signatures,
         account_sid: raw.twilio.account_sid,
         auth_token: raw.twilio.auth_token,
         rest_timeout: ms("twilio.rest_timeout_ms", raw.twilio.rest_timeout_ms, 100, 60_000)?,
@@ -592,7 +755,38 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             1_000,
             30 * 24 * 3_600_000,
         )?,
+        allowed_origins: raw
+            .security
+            .allowed_origins
+            .into_iter()
+            .map(|o| {
+                let o = o.trim_end_matches('/').to_ascii_lowercase();
+                let valid = (o.starts_with("http://") || o.starts_with("https://"))
+                    && !o.split_once("://").is_some_and(|(_, rest)| rest.is_empty() || rest.contains('/'));
+                if valid {
+                    Ok(o)
+                } else {
+                    Err(invalid(format!("security.allowed_origins: {o:?} is not scheme://host[:port]")))
+                }
+            })
+            .collect::<Result<_, _>>()?,
     };
+
+    let a = raw.auth;
+    let auth = AuthConfig {
+        required: a.required,
+        keys: validate_keys(a.keys, "auth.keys")?,
+        keys_file: (!a.keys_file.is_empty()).then(|| std::path::PathBuf::from(&a.keys_file)),
+        keys_reload_interval: ms("auth.keys_reload_interval_ms", a.keys_reload_interval_ms, 100, 3_600_000)?,
+        requests_per_second: range("auth.requests_per_second", a.requests_per_second, 1, 1_000_000)?,
+        requests_burst: range("auth.requests_burst", a.requests_burst, 1, 1_000_000)?,
+        tenant_calls_max: range("auth.tenant_calls_max", a.tenant_calls_max, 0, 10_000_000)?,
+    };
+    if let Some(path) = &auth.keys_file {
+        // A keys file that is missing or invalid at start is a configuration error; later
+        // changes that fail to parse keep the keys in force (see auth.rs).
+        load_keys_file(path)?;
+    }
 
     let st = raw.store;
     let recording_track_bytes_max =
@@ -687,6 +881,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         resume,
         governor,
         profiling,
+        auth,
     })
 }
 
@@ -710,6 +905,70 @@ mod tests {
         assert_eq!(config.limits.ws_message_bytes_max, 65_536);
         assert!(matches!(config.store, StoreConfig::Memory { .. }));
         assert!(!config.profiling.enabled, "heap profiling is opt-in");
+    }
+
+    #[test]
+    fn the_shipped_config_is_secure_by_default() {
+        let config = load(&[]).unwrap();
+        assert!(config.auth.required, "API keys are required by default");
+        assert!(config.auth.keys.is_empty() && config.auth.keys_file.is_none(), "no key ships");
+        assert!(config.twilio.verify_signatures);
+        assert!(config.security.allowed_origins.is_empty(), "no browser origin is allowed by default");
+    }
+
+    #[test]
+    fn keys_and_origins_are_validated() {
+        let hash = "a".repeat(64);
+        let good = format!(
+            r#"[{{id = "k1", role = "tenant", tenant = "acme", sha256 = "{hash}"}}, {{id = "op", role = "operator", sha256 = "{hash}", revoked = true}}]"#
+        );
+        let config = load(&[("CALLWORKER_AUTH__KEYS", &good)]).unwrap();
+        assert_eq!(config.auth.keys.len(), 2);
+        assert_eq!(config.auth.keys[0].tenant.as_ref().map(TenantId::as_str), Some("acme"));
+        assert_eq!((config.auth.keys[1].role, config.auth.keys[1].revoked), (Role::Operator, true));
+        let cases = [
+            (format!(r#"[{{id = "k1", role = "tenant", sha256 = "{hash}"}}]"#), "without a tenant"),
+            (
+                format!(r#"[{{id = "op", role = "operator", tenant = "acme", sha256 = "{hash}"}}]"#),
+                "must not name a tenant",
+            ),
+            (
+                r#"[{id = "k1", role = "tenant", tenant = "acme", sha256 = "abc"}]"#.to_owned(),
+                "64 hex digits",
+            ),
+            (
+                format!(
+                    r#"[{{id = "k1", role = "tenant", tenant = "acme", sha256 = "{}"}}]"#,
+                    "g".repeat(64)
+                ),
+                "64 hex digits",
+            ),
+            (
+                format!(r#"[{{id = "k 1", role = "tenant", tenant = "acme", sha256 = "{hash}"}}]"#),
+                "plain name",
+            ),
+            (
+                format!(
+                    r#"[{{id = "k", role = "tenant", tenant = "a", sha256 = "{hash}"}}, {{id = "k", role = "operator", sha256 = "{hash}"}}]"#
+                ),
+                "given twice",
+            ),
+            (format!(r#"[{{id = "k", role = "admin", sha256 = "{hash}"}}]"#), "role"),
+        ];
+        for (keys, needle) in cases {
+            let err = load(&[("CALLWORKER_AUTH__KEYS", &keys)]).expect_err(&keys).to_string();
+            assert!(err.contains(needle), "{keys}: {err}");
+        }
+        let err = load(&[("CALLWORKER_AUTH__KEYS_FILE", "/nonexistent/keys.toml")]).unwrap_err().to_string();
+        assert!(err.contains("auth.keys_file") && err.contains("not found"), "{err}");
+        for origin in [r#"["app.example.com"]"#, r#"["https://app.example.com/path"]"#, r#"["https://"]"#] {
+            let err =
+                load(&[("CALLWORKER_SECURITY__ALLOWED_ORIGINS", origin)]).expect_err(origin).to_string();
+            assert!(err.contains("allowed_origins"), "{origin}: {err}");
+        }
+        let config =
+            load(&[("CALLWORKER_SECURITY__ALLOWED_ORIGINS", r#"["HTTPS://App.Example.com/"]"#)]).unwrap();
+        assert_eq!(config.security.allowed_origins, ["https://app.example.com"]);
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! - [`calls`]: call operations shared by routes and sessions (create, view, end).
 //! - [`reaper`]: ends or rescues calls nobody drives any more (two-phase, safe on every
 //!   worker at once); [`registry`]: this worker's heartbeat in the worker registry.
+//! - [`auth`]: API keys, tenancy checks, per-key rate limits, the `Origin` allow-list.
 //! - [`admission`], [`live`], [`token`], [`error`], [`metrics`], [`telemetry`], [`state`].
 //!
 //! Invariants:
@@ -23,6 +24,7 @@
 
 pub mod admission;
 pub mod allocator;
+pub mod auth;
 pub mod calls;
 pub mod config;
 pub mod error;
@@ -159,9 +161,22 @@ pub async fn serve(
             "security.token_secret is the development value; set CALLWORKER_SECURITY__TOKEN_SECRET in production"
         );
     }
+    if !config.auth.required {
+        warn!(
+            "auth.required is false: the control API accepts every request as an operator; never run like this in production"
+        );
+    }
+    if !config.twilio.verify_signatures {
+        warn!(
+            "twilio.verify_signatures is false: Twilio webhooks and media upgrades are not authenticated; never run like this in production"
+        );
+    } else if config.twilio.auth_token.is_empty() {
+        warn!("twilio.auth_token is empty: every Twilio route is refused (403 twilio_not_configured)");
+    }
     let grace = config.server.shutdown_grace;
     let state = AppState::new(Shared {
         tokens: Tokens::new(config.security.token_secret.clone(), config.security.resume_token_ttl),
+        keys: auth::KeyRing::new(&config.auth),
         admission: Admission::new(config.limits.calls_max),
         memory: governor::MemoryState::default(),
         live: LiveCalls::default(),
@@ -186,6 +201,7 @@ pub async fn serve(
     let reaper = tokio::spawn(reaper::run(state.clone()));
     let governor = tokio::spawn(governor::run(state.clone()));
     let registry = tokio::spawn(registry::run(state.clone(), format!("http://{addr}")));
+    let keys = tokio::spawn(auth::task_main(state.clone()));
 
     let stop = state.shutdown.clone();
     let app = http::router(state.clone());
@@ -207,6 +223,7 @@ pub async fn serve(
             reaper.abort();
             registry.abort();
             governor.abort();
+            keys.abort();
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("server stopped unexpectedly")),
                 Ok(Err(e)) => Err(e).context("serve HTTP"),
@@ -230,6 +247,7 @@ pub async fn serve(
     upkeep.abort();
     reaper.abort();
     governor.abort();
+    keys.abort();
     // Leave the registry cleanly (bounded: the store may be the reason we are stopping).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), registry).await;
     if drained.is_err() {

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use callworker_server::config::{Config, EXIT_CONFIG_INVALID};
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 // Only binaries choose the allocator; jemalloc's statistics feed the memory governor.
 #[global_allocator]
@@ -24,10 +24,48 @@ struct Cli {
     /// Validate the configuration and exit.
     #[arg(long)]
     check_config: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Manage control-API keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Mint a key: prints the key (shown once, never stored) and the config entry holding
+    /// only its SHA-256.
+    New {
+        /// The tenant whose calls the key may use.
+        #[arg(long, conflicts_with = "operator", required_unless_present = "operator")]
+        tenant: Option<String>,
+        /// An operator key (/v1/admin/*, /v1/workers, every tenant's calls).
+        #[arg(long)]
+        operator: bool,
+        /// The key's id (logs, metrics); default: the tenant or "operator" and a suffix.
+        #[arg(long)]
+        id: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Keys(KeysCommand::New { tenant, operator: _, id })) = cli.command {
+        return match callworker_server::auth::new_key_text(tenant.as_deref(), id.as_deref()) {
+            Ok(text) => {
+                print!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("callworker: {e}");
+                ExitCode::from(EXIT_CONFIG_INVALID as u8)
+            }
+        };
+    }
     let config = match Config::load(&cli.config_dir, cli.env.as_deref(), std::env::vars()) {
         Ok(config) => config,
         Err(e) => {

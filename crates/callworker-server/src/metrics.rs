@@ -61,6 +61,16 @@ pub const REAPER_ACTIONS: &str = "callworker_reaper_actions_total";
 pub const TWILIO_REST_REQUESTS: &str = "callworker_twilio_rest_requests_total";
 /// When this worker process started (Unix seconds): a change means a restart.
 pub const PROCESS_START_TIME: &str = "callworker_process_start_time_seconds";
+/// Requests refused by authentication or authorization, by `reason` (missing_api_key,
+/// malformed_authorization, invalid_api_key, revoked_api_key, operator_key_required,
+/// wrong_tenant, tenant_mismatch, origin_not_allowed, twilio_signature_missing,
+/// twilio_signature_invalid, twilio_not_configured).
+pub const AUTH_REFUSED: &str = "callworker_auth_refused_total";
+/// Requests or connections refused by an abuse limit, by `limit` (api_rate,
+/// tenant_calls, ws_message_rate, ws_byte_rate, ws_message_size, handshake_timeout).
+pub const LIMIT_REFUSED: &str = "callworker_limit_refused_total";
+/// Changes of the API keys file that could not be loaded (the keys in force stayed).
+pub const AUTH_KEYS_RELOAD_FAILURES: &str = "callworker_auth_keys_reload_failures_total";
 /// Live workers in the registry, as this worker last saw it.
 pub const WORKERS_LIVE: &str = "callworker_workers_live";
 
@@ -167,4 +177,7 @@ fn describe() {
         "Per-call memory accounts, sampled at each checkpoint"
     );
     describe_counter!(GOVERNOR_READ_FAILURES, "Memory samples the governor could not read");
+    describe_counter!(AUTH_REFUSED, "Requests refused by authentication or authorization, by reason");
+    describe_counter!(LIMIT_REFUSED, "Requests or connections refused by an abuse limit, by limit");
+    describe_counter!(AUTH_KEYS_RELOAD_FAILURES, "API keys file changes that could not be loaded");
 }

@@ -23,6 +23,8 @@ pub struct Shared {
     pub worker_id: WorkerId,
     pub store: Arc<dyn CallStore>,
     pub tokens: Tokens,
+    /// API keys in force and their rate buckets.
+    pub keys: crate::auth::KeyRing,
     pub live: LiveCalls,
     pub admission: Admission,
     /// The memory governor's last snapshot.

@@ -85,6 +85,7 @@ where
     created_calls_expire_from_creation(&make().await).await;
     expired_leases_come_oldest_first_within_the_limit(&make().await).await;
     heartbeats_list_workers_until_they_lapse(&make().await).await;
+    live_calls_of_a_tenant_reach_the_bound_only_while_that_many_are_live(&make().await).await;
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -739,4 +740,33 @@ pub async fn heartbeats_list_workers_until_they_lapse<S: CallStore>(store: &S) {
     store.deregister(&steady).await.expect("deregister");
     assert!(our_workers(store, &ids).await.is_empty(), "deregistered");
     store.deregister(&steady).await.expect("deregistering twice is fine");
+}
+
+pub async fn live_calls_of_a_tenant_reach_the_bound_only_while_that_many_are_live<S: CallStore>(store: &S) {
+    let (t, u) = (tenant(), tenant());
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        ids.push(create(store, "live-of", &t).await);
+    }
+    create(store, "live-of-u", &u).await;
+    let count = |tenant: TenantId, bound: usize| async move {
+        store.live_calls_of(&tenant, bound).await.unwrap_or_else(|e| panic!("live_calls_of: {e}"))
+    };
+    assert_eq!(count(t.clone(), 100).await, 5, "below the bound, with nothing ended, it is exact");
+    assert_eq!(count(u.clone(), 100).await, 1, "tenants are counted apart");
+    assert!(count(t.clone(), 5).await >= 5);
+    assert!(count(t.clone(), 3).await >= 3);
+    // An attached (active) call is live too.
+    store.attach(&ids[0], &attempt("a"), &worker("w1"), Epoch::ZERO, LEASE_SHORT).await.expect("attach");
+    assert!(count(t.clone(), 5).await >= 5);
+    // Ended calls stop counting at the bound.
+    store.end(&ids[0], Epoch(1), EndReason::Completed, None, RecordingChunk::default()).await.expect("end");
+    store.end(&ids[1], Epoch::ZERO, EndReason::ApiEnded, None, RecordingChunk::default()).await.expect("end");
+    assert!(count(t.clone(), 4).await < 4, "3 live calls are below a bound of 4");
+    assert!(count(t.clone(), 3).await >= 3, "3 live calls reach a bound of 3");
+    for id in &ids[2..] {
+        store.end(id, Epoch::ZERO, EndReason::ApiEnded, None, RecordingChunk::default()).await.expect("end");
+    }
+    assert_eq!(count(t.clone(), 1).await, 0, "no live call left");
+    assert_eq!(count(u, 1).await, 1);
 }

@@ -272,6 +272,12 @@ pub trait CallStore: Send + Sync + std::fmt::Debug + 'static {
     /// Lists calls, oldest first, filtered and paginated.
     async fn list(&self, query: &ListQuery) -> Result<ListPage, StoreError>;
 
+    /// Whether `tenant` has `bound` live (not ended) calls across the fleet, as a count: the
+    /// answer is at least `bound` exactly when at least `bound` calls are live. Below `bound`
+    /// it may also count calls that ended recently (an upper estimate, never below the live
+    /// count).
+    async fn live_calls_of(&self, tenant: &TenantId, bound: usize) -> Result<usize, StoreError>;
+
     /// Reads a call's recording (empty tracks if it recorded nothing).
     async fn recording(&self, call_id: &CallId) -> Result<Recording, StoreError>;
 

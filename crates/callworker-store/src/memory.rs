@@ -366,6 +366,20 @@ impl CallStore for MemoryStore {
         Ok(ListPage { records, next_cursor })
     }
 
+    async fn live_calls_of(
+        &self,
+        tenant: &callworker_call::TenantId,
+        bound: usize,
+    ) -> Result<usize, StoreError> {
+        let inner = self.lock()?;
+        Ok(inner
+            .records
+            .values()
+            .filter(|e| &e.record.tenant == tenant && e.record.status != RecordStatus::Ended)
+            .take(bound)
+            .count())
+    }
+
     async fn recording(&self, call_id: &CallId) -> Result<Recording, StoreError> {
         let inner = self.lock()?;
         inner.records.get(call_id).map(|e| e.recording.clone()).ok_or(StoreError::NotFound)

@@ -25,6 +25,11 @@
 //! - `<ns>:{idx}:calls`: ZSET, every score 0, member `<created ms, 16 digits>:<call id>`,
 //!   so lexicographic order is creation order; list cursors are members. Members whose call
 //!   expired are pruned when [`CallStore::list`] meets them.
+//! - `<ns>:{idx}:tenant:<tenant>:live`: ZSET call id → created ms, the calls of a tenant that
+//!   may be live ([`CallStore::live_calls_of`]). Added at create; members whose call ended or
+//!   expired are pruned lazily: two random members are checked on every create (so the set
+//!   stays within about twice the tenant's live calls), and every member when a count reaches
+//!   its bound.
 //! - `<ns>:{idx}:workers`: ZSET worker id → lapse time, and `<ns>:{idx}:worker:<id>`: HASH
 //!   `info` (JSON [`WorkerInfo`]), `heartbeat_at`, with the heartbeat's TTL.
 //!
@@ -83,6 +88,10 @@ pub const DEFAULT_NAMESPACE: &str = "cw";
 /// request's work stays bounded however large the index is.
 pub const LIST_SCAN_MAX: usize = 10_000;
 /// Index members read per round trip while listing.
+/// Members of a tenant's live set checked (and pruned when ended) on every create.
+const TENANT_PRUNE_SAMPLE: usize = 2;
+/// Members read per round trip when a tenant's live set is pruned whole.
+const TENANT_PRUNE_BATCH: usize = 500;
 const LIST_BATCH: usize = 128;
 /// Rounds of scan → re-check → correct that one [`CallStore::expired_leases`] runs at most.
 const EXPIRED_ROUNDS_MAX: usize = 4;
@@ -207,6 +216,10 @@ impl Keys {
         let rec_in = format!("{call}:rec:in");
         let rec_out = format!("{call}:rec:out");
         [call, rec_in, rec_out]
+    }
+
+    fn tenant_live(&self, tenant: &TenantId) -> String {
+        format!("{}:{{idx}}:tenant:{}:live", self.namespace, tenant.as_str())
     }
 
     fn worker(&self, id: &str) -> String {
@@ -470,6 +483,60 @@ impl RedisStore {
         [self.keys.leases.clone(), self.keys.calls.clone(), self.keys.workers.clone()]
     }
 
+    /// Removes the members of a tenant's live set whose call ended or expired: `sample`
+    /// random ones, or all of them (in batches). Returns how many live members remain among
+    /// those checked.
+    async fn prune_tenant_live(&self, key: &str, sample: Option<usize>) -> Result<usize, StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(self.options.response_timeout * 4, async move {
+            let mut live = 0;
+            let mut cursor = 0usize;
+            loop {
+                let members: Vec<String> = match sample {
+                    Some(n) => redis::cmd("ZRANDMEMBER").arg(key).arg(n).query_async(&mut conn).await,
+                    None => {
+                        redis::cmd("ZRANGE")
+                            .arg(key)
+                            .arg(cursor)
+                            .arg(cursor + TENANT_PRUNE_BATCH - 1)
+                            .query_async(&mut conn)
+                            .await
+                    }
+                }
+                .map_err(store_error)?;
+                if members.is_empty() {
+                    return Ok(live);
+                }
+                let ids: Vec<Option<CallId>> = members.iter().map(|m| CallId::parse(m).ok()).collect();
+                let mut read = redis::pipe();
+                for id in &ids {
+                    let hash = id.as_ref().map(|id| self.keys.call(id)).unwrap_or_default();
+                    read.cmd("HGET").arg(hash).arg("status");
+                }
+                let statuses: Vec<Option<String>> = read.query_async(&mut conn).await.map_err(store_error)?;
+                let mut gone = redis::pipe();
+                let mut removed = 0usize;
+                for (member, status) in members.iter().zip(&statuses) {
+                    match status.as_deref() {
+                        Some("created" | "active") => live += 1,
+                        _ => {
+                            gone.cmd("ZREM").arg(key).arg(member).ignore();
+                            removed += 1;
+                        }
+                    }
+                }
+                if removed > 0 {
+                    gone.query_async::<()>(&mut conn).await.map_err(store_error)?;
+                }
+                if sample.is_some() || members.len() < TENANT_PRUNE_BATCH {
+                    return Ok(live);
+                }
+                cursor += members.len() - removed;
+            }
+        })
+        .await
+    }
+
     /// Runs `fut` within `limit`; past it the outcome is unknown.
     async fn bounded<T>(
         &self,
@@ -620,6 +687,13 @@ impl CallStore for RedisStore {
         index.cmd("ZADD").arg(&self.keys.calls).arg("NX").arg(0).arg(calls_member(created, &id)).ignore();
         if status != RecordStatus::Ended {
             index.cmd("ZADD").arg(&self.keys.leases).arg("NX").arg(created).arg(id.as_str()).ignore();
+            index
+                .cmd("ZADD")
+                .arg(self.keys.tenant_live(&call.tenant))
+                .arg("NX")
+                .arg(created)
+                .arg(id.as_str())
+                .ignore();
         }
         let indexed = self
             .bounded(self.options.response_timeout, async {
@@ -631,7 +705,13 @@ impl CallStore for RedisStore {
             // Stored but maybe not indexed: an unknown outcome, like a timeout. The retry
             // answers AlreadyExists and repairs the indexes.
             (_, Err(e)) => Err(e),
-            (_, Ok(())) => Ok(()),
+            (_, Ok(())) => {
+                // Keep the tenant's live set near its live calls: check two random members.
+                // Best effort: a failure leaves stale members for the next prune.
+                let key = self.keys.tenant_live(&call.tenant);
+                let _ = self.prune_tenant_live(&key, Some(TENANT_PRUNE_SAMPLE)).await;
+                Ok(())
+            }
         }
     }
 
@@ -837,6 +917,21 @@ impl CallStore for RedisStore {
             Ok(ListPage { records, next_cursor })
         })
         .await
+    }
+
+    async fn live_calls_of(&self, tenant: &TenantId, bound: usize) -> Result<usize, StoreError> {
+        let key = self.keys.tenant_live(tenant);
+        let mut conn = self.conn.clone();
+        let members: usize = self
+            .bounded(self.options.response_timeout, async {
+                redis::cmd("ZCARD").arg(&key).query_async(&mut conn).await.map_err(store_error)
+            })
+            .await?;
+        if members < bound {
+            // Stale members only make the count higher: below the bound it is good enough.
+            return Ok(members);
+        }
+        self.prune_tenant_live(&key, None).await
     }
 
     async fn recording(&self, call_id: &CallId) -> Result<Recording, StoreError> {

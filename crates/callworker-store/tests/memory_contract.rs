@@ -152,6 +152,13 @@ impl CallStore for UnfencedStore {
     async fn list(&self, query: &ListQuery) -> Result<callworker_store::ListPage, StoreError> {
         self.0.list(query).await
     }
+    async fn live_calls_of(
+        &self,
+        tenant: &callworker_call::TenantId,
+        bound: usize,
+    ) -> Result<usize, StoreError> {
+        self.0.live_calls_of(tenant, bound).await
+    }
     async fn recording(&self, call_id: &CallId) -> Result<Recording, StoreError> {
         self.0.recording(call_id).await
     }

@@ -17,6 +17,36 @@ use anyhow::{Context, bail};
 pub use rustix::process::Signal;
 use rustix::process::{Pid, kill_process};
 
+/// Control-API key of tenant `default` (the tenant of calls created without one) that
+/// every worker started here accepts. Workers are given only its SHA-256, as in production;
+/// the keys are fixed so that every worker of one test (a fleet) accepts the same ones.
+pub const TENANT_KEY: &str = "cwk_test-tenant-default-0000000000000000000000000";
+/// Control-API key of a second tenant, `other` (cross-tenant tests).
+pub const OTHER_TENANT_KEY: &str = "cwk_test-tenant-other-00000000000000000000000000";
+/// Control-API key with the operator role (`/v1/admin/*`, `/v1/workers`, every tenant).
+pub const OPERATOR_KEY: &str = "cwk_test-operator-000000000000000000000000000000";
+/// The Twilio auth token every worker started here checks `X-Twilio-Signature` with; a
+/// `TwilioSimulator` signs with it through `with_auth_token`.
+pub const TWILIO_AUTH_TOKEN: &str = "test-twilio-auth-token-0123456789abcdef";
+
+/// SHA-256 hex of an API key (what a worker's configuration holds).
+pub fn key_sha256(key: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `[auth] keys` (TOML inline array) holding the three test keys.
+pub fn test_keys_toml() -> String {
+    format!(
+        "[{{id = \"test-default\", role = \"tenant\", tenant = \"default\", sha256 = \"{}\"}}, \
+         {{id = \"test-other\", role = \"tenant\", tenant = \"other\", sha256 = \"{}\"}}, \
+         {{id = \"test-operator\", role = \"operator\", sha256 = \"{}\"}}]",
+        key_sha256(TENANT_KEY),
+        key_sha256(OTHER_TENANT_KEY),
+        key_sha256(OPERATOR_KEY)
+    )
+}
+
 /// How long a worker may take to answer `/healthz` after start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -125,6 +155,9 @@ impl Worker {
             .env("CALLWORKER_SERVER__LISTEN_ADDR", format!("127.0.0.1:{port}"))
             .env("CALLWORKER_SERVER__PUBLIC_URL", &base_url)
             .env("CALLWORKER_LOG__FILTER", "info,callworker_server=debug")
+            // The test keys and Twilio token (options below may replace them).
+            .env("CALLWORKER_AUTH__KEYS", test_keys_toml())
+            .env("CALLWORKER_TWILIO__AUTH_TOKEN", TWILIO_AUTH_TOKEN)
             .envs(options.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)

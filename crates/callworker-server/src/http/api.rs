@@ -21,6 +21,7 @@ use super::openapi::{
     ErrorBody, MemoryDoc, WorkersDoc,
 };
 use super::{ApiJson, ApiQuery};
+use crate::auth::{Caller, Operator, count_refusal};
 use crate::calls::{self, CallView};
 use crate::error::{Error, ErrorKind};
 use crate::live::Command;
@@ -83,14 +84,30 @@ fn parse_call_id(id: &str) -> Result<CallId, Error> {
 )]
 pub async fn create_call(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(req): ApiJson<CreateCall>,
 ) -> Result<Response, Error> {
     state.admission.admit_call()?;
     req.program.validate().map_err(|e| invalid("invalid_program", e.to_string()))?;
-    let tenant = match req.tenant {
-        Some(t) => TenantId::parse(&t).map_err(|e| invalid("invalid_tenant", e.to_string()))?,
-        None => state.config.calls.default_tenant.clone(),
+    let named = req
+        .tenant
+        .map(|t| TenantId::parse(&t).map_err(|e| invalid("invalid_tenant", e.to_string())))
+        .transpose()?;
+    // A tenant key creates calls for its own tenant; an operator for the tenant it names.
+    let tenant = match (&caller.tenant, named) {
+        (Some(own), Some(named)) if *own != named => {
+            count_refusal("tenant_mismatch");
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                "tenant_mismatch",
+                "the body names another tenant than the API key's",
+            ));
+        }
+        (Some(own), _) => own.clone(),
+        (None, Some(named)) => named,
+        (None, None) => state.config.calls.default_tenant.clone(),
     };
+    calls::admit_tenant(&state, &tenant).await?;
     for (field, value) in [("from", &req.from), ("to", &req.to)] {
         if value
             .as_ref()
@@ -172,6 +189,7 @@ pub struct ListParams {
 )]
 pub async fn list_calls(
     State(state): State<AppState>,
+    caller: Caller,
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Response, Error> {
     let status = match p.status.as_deref() {
@@ -187,10 +205,23 @@ pub async fn list_calls(
     if limit == 0 || limit > LIST_LIMIT_MAX {
         return Err(invalid("invalid_limit", format!("limit must be within 1..={LIST_LIMIT_MAX}")));
     }
-    let tenant = p
+    let named = p
         .tenant
         .map(|t| TenantId::parse(&t).map_err(|e| invalid("invalid_tenant", e.to_string())))
         .transpose()?;
+    // A tenant key lists its own tenant's calls only, whatever it asks for.
+    let tenant = match (&caller.tenant, named) {
+        (Some(own), Some(named)) if *own != named => {
+            count_refusal("tenant_mismatch");
+            return Err(Error::new(
+                ErrorKind::Forbidden,
+                "tenant_mismatch",
+                "a tenant key may list only its own tenant's calls",
+            ));
+        }
+        (Some(own), _) => Some(own.clone()),
+        (None, named) => named,
+    };
     let page = state.store.list(&ListQuery { tenant, status, cursor: p.cursor, limit }).await?;
     let mut views = Vec::with_capacity(page.records.len());
     for record in &page.records {
@@ -216,8 +247,9 @@ pub async fn list_calls(
 }
 
 /// The freshest state of a call: from the session driving it here, else from the store.
-async fn load(state: &AppState, id: &CallId) -> Result<(Call, Epoch), Error> {
+async fn load(state: &AppState, caller: &Caller, id: &CallId) -> Result<(Call, Epoch), Error> {
     let record = state.store.get(id).await?;
+    caller.authorize(&record.tenant)?;
     if let Some(commands) = state.live.get(id) {
         let (tx, rx) = oneshot::channel();
         if commands.try_send(Command::Snapshot(tx)).is_ok()
@@ -242,9 +274,13 @@ async fn load(state: &AppState, id: &CallId) -> Result<(Call, Epoch), Error> {
         AuthErrors,
     ),
 )]
-pub async fn get_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
+pub async fn get_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
     let id = parse_call_id(&id)?;
-    let (call, epoch) = load(&state, &id).await?;
+    let (call, epoch) = load(&state, &caller, &id).await?;
     Ok(Json(CallView::new(&call, epoch)).into_response())
 }
 
@@ -261,9 +297,13 @@ pub async fn get_call(State(state): State<AppState>, Path(id): Path<String>) -> 
         AuthErrors,
     ),
 )]
-pub async fn call_events(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
+pub async fn call_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
     let id = parse_call_id(&id)?;
-    let (call, _) = load(&state, &id).await?;
+    let (call, _) = load(&state, &caller, &id).await?;
     let events: Vec<_> = call.timeline.events().collect();
     Ok(Json(json!({
         "call_id": call.id.as_str(),
@@ -316,9 +356,14 @@ async fn ask_live(
         AuthErrors,
     ),
 )]
-pub async fn end_call(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, Error> {
+pub async fn end_call(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
     let id = parse_call_id(&id)?;
     let record = state.store.get(&id).await?;
+    caller.authorize(&record.tenant)?;
     if let Some(reason) = record.end_reason {
         return Err(callworker_store::StoreError::Ended { reason }.into());
     }
@@ -349,12 +394,14 @@ pub async fn end_call(State(state): State<AppState>, Path(id): Path<String>) -> 
 )]
 pub async fn call_action(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiJson(action): ApiJson<Action>,
 ) -> Result<Response, Error> {
     let id = parse_call_id(&id)?;
-    action.validate().map_err(|e| invalid("invalid_action", e.to_string()))?;
     let record = state.store.get(&id).await?;
+    caller.authorize(&record.tenant)?;
+    action.validate().map_err(|e| invalid("invalid_action", e.to_string()))?;
     if let Some(reason) = record.end_reason {
         return Err(callworker_store::StoreError::Ended { reason }.into());
     }
@@ -401,10 +448,12 @@ pub struct RecordingParams {
 )]
 pub async fn call_recording(
     State(state): State<AppState>,
+    caller: Caller,
     Path(id): Path<String>,
     ApiQuery(p): ApiQuery<RecordingParams>,
 ) -> Result<Response, Error> {
     let id = parse_call_id(&id)?;
+    caller.authorize(&state.store.get(&id).await?.tenant)?;
     let inbound = match p.track.as_deref() {
         None | Some("inbound") => true,
         Some("outbound") => false,
@@ -453,7 +502,7 @@ pub async fn call_recording(
         AuthErrors,
     ),
 )]
-pub async fn list_workers(State(state): State<AppState>) -> Result<Response, Error> {
+pub async fn list_workers(State(state): State<AppState>, _: Operator) -> Result<Response, Error> {
     let workers = state.store.workers().await?;
     Ok(Json(json!({ "workers": workers })).into_response())
 }
@@ -472,7 +521,7 @@ pub async fn list_workers(State(state): State<AppState>) -> Result<Response, Err
         AuthErrors,
     ),
 )]
-pub async fn admin_drain(State(state): State<AppState>) -> Result<Response, Error> {
+pub async fn admin_drain(State(state): State<AppState>, _: Operator) -> Result<Response, Error> {
     state.admission.start_draining();
     let mut migrating = 0;
     for call in state.live.all() {
@@ -498,7 +547,7 @@ pub async fn admin_drain(State(state): State<AppState>) -> Result<Response, Erro
         AuthErrors,
     ),
 )]
-pub async fn admin_memory_purge() -> Result<Response, Error> {
+pub async fn admin_memory_purge(_: Operator) -> Result<Response, Error> {
     let report = tokio::task::spawn_blocking(crate::allocator::purge)
         .await
         .map_err(|_| Error::internal())?
@@ -518,7 +567,7 @@ pub async fn admin_memory_purge() -> Result<Response, Error> {
         AuthErrors,
     ),
 )]
-pub async fn admin_memory(State(state): State<AppState>) -> Result<Response, Error> {
+pub async fn admin_memory(State(state): State<AppState>, _: Operator) -> Result<Response, Error> {
     let governor = &state.config.governor;
     Ok(Json(json!({
         "level": state.admission.memory_level(),
@@ -566,6 +615,7 @@ pub struct ProfileQuery {
 )]
 pub async fn admin_memory_profile(
     State(state): State<AppState>,
+    _: Operator,
     ApiQuery(query): ApiQuery<ProfileQuery>,
 ) -> Result<Response, Error> {
     use crate::profiling::{self, ProfileError};

@@ -4,6 +4,7 @@
 use axum::extract::State;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::http::{HeaderMap, Uri};
 use axum::response::{IntoResponse, Response};
 use callworker_call::Transport;
 use callworker_protocol::native;
@@ -62,9 +63,15 @@ pub async fn native_media(
     upgrade(state, ws, Transport::Native)
 }
 
+/// `GET /twilio/media`: Twilio signs the upgrade like a webhook, over the `wss://` URL it
+/// was given (no form parameters); it is checked before anything else.
 pub async fn twilio_media(
     State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, Error> {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    super::twilio::verify_signature(&state, &headers, &state.media_url(path), &[])?;
     upgrade(state, ws, Transport::Twilio)
 }

@@ -30,8 +30,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let body_max = state.config.limits.http_body_bytes_max;
     let (router, doc) = routes().split_for_parts();
-    // No API keys on this branch yet: the key check (h/auth) sets this from `[auth] required`.
-    let authenticated = false;
+    let authenticated = state.config.auth.required;
     let doc = openapi::document(doc, state.config.calls.limits.max_duration_ms, authenticated);
     let doc = serde_json::to_string(&doc).expect("an OpenAPI document serializes to JSON");
     router
@@ -39,6 +38,9 @@ pub fn router(state: AppState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(Extension(openapi::DocumentJson(Arc::new(doc))))
         .layer(DefaultBodyLimit::max(body_max))
+        // Before any route (media upgrades included): a browser page from another origin
+        // gets nothing, not even an authentication error.
+        .layer(middleware::from_fn_with_state(state.clone(), crate::auth::check_origin))
         .layer(middleware::from_fn(record_request))
         .with_state(state)
 }

@@ -5,10 +5,11 @@
 use std::collections::HashMap;
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{HeaderMap, Uri, header};
 use axum::response::{IntoResponse, Response};
 use callworker_call::{CallId, CallSpec, Direction, Epoch};
 use callworker_protocol::AudioFormat;
+use callworker_protocol::twilio_signature::{self, SignatureError};
 use callworker_store::StoreError;
 use serde::Deserialize;
 use tracing::info;
@@ -69,6 +70,48 @@ fn connect_verb(state: &AppState, call_id: &CallId, epoch: Epoch) -> String {
     )
 }
 
+/// Checks `X-Twilio-Signature` of a request Twilio made to `url` (the public URL it was
+/// given, with the path and query it requested) with form `params`: 403 and counted when it
+/// is missing or wrong, or when no auth token is configured to check it with.
+pub fn verify_signature(
+    state: &AppState,
+    headers: &HeaderMap,
+    url: &str,
+    params: &[(String, String)],
+) -> Result<(), Error> {
+    let twilio = &state.config.twilio;
+    if !twilio.verify_signatures {
+        return Ok(());
+    }
+    if twilio.auth_token.is_empty() {
+        crate::auth::count_refusal("twilio_not_configured");
+        return Err(Error::new(
+            ErrorKind::Forbidden,
+            "twilio_not_configured",
+            "twilio.auth_token is not set, so Twilio requests cannot be verified",
+        ));
+    }
+    let presented = headers.get("x-twilio-signature").and_then(|v| v.to_str().ok());
+    twilio_signature::verify(twilio.auth_token.as_bytes(), url, params, presented).map_err(|e| {
+        let code = match e {
+            SignatureError::Missing => "twilio_signature_missing",
+            SignatureError::Malformed | SignatureError::Mismatch => "twilio_signature_invalid",
+        };
+        crate::auth::count_refusal(code);
+        Error::new(ErrorKind::Forbidden, code, e.to_string())
+    })
+}
+
+/// The URL Twilio requested: the configured public URL with the request's path and query.
+fn requested_url(state: &AppState, uri: &Uri) -> String {
+    let path = uri.path_and_query().map_or(uri.path(), |p| p.as_str());
+    format!("{}{path}", state.config.server.public_url)
+}
+
+fn form_map(form: &[(String, String)]) -> HashMap<String, String> {
+    form.iter().cloned().collect()
+}
+
 fn hangup() -> Response {
     twiml("<Hangup/>".to_owned())
 }
@@ -80,8 +123,12 @@ fn form_value(form: &HashMap<String, String>, key: &str) -> Option<String> {
 /// `POST /twilio/voice`: a call arrives; create it and answer with a stream.
 pub async fn voice(
     State(state): State<AppState>,
-    ApiForm(form): ApiForm<HashMap<String, String>>,
+    uri: Uri,
+    headers: HeaderMap,
+    ApiForm(params): ApiForm<Vec<(String, String)>>,
 ) -> Result<Response, Error> {
+    verify_signature(&state, &headers, &requested_url(&state, &uri), &params)?;
+    let form = form_map(&params);
     state.admission.admit_call()?;
     let direction = match form.get("Direction").map(String::as_str) {
         Some(d) if d.starts_with("outbound") => Direction::Outbound,
@@ -97,6 +144,7 @@ pub async fn voice(
         limits: state.config.calls.limits,
         recording: state.config.calls.recording,
     };
+    calls::admit_tenant(&state, &spec.tenant).await?;
     let (call, _) = calls::create(&state, spec, "twilio").await?;
     Ok(connect_twiml(&state, &call.id, Epoch::ZERO))
 }
@@ -114,9 +162,13 @@ pub struct StreamEndedQuery {
 /// call over and continues from its last checkpoint. An ended or unknown call hangs up.
 pub async fn stream_ended(
     State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamEndedQuery>,
-    ApiForm(form): ApiForm<HashMap<String, String>>,
+    ApiForm(params): ApiForm<Vec<(String, String)>>,
 ) -> Result<Response, Error> {
+    verify_signature(&state, &headers, &requested_url(&state, &uri), &params)?;
+    let form = form_map(&params);
     let Ok(call_id) = CallId::parse(&q.call_id) else { return Ok(hangup()) };
     let record = match state.store.get(&call_id).await {
         Ok(record) => record,

@@ -166,6 +166,12 @@ pub async fn run(state: AppState, socket: WebSocket, transport: Transport, permi
 /// Counts and logs a refused input.
 pub fn reject(transport: Transport, e: &Error) {
     metrics::counter!(m::WS_REJECTED, "transport" => transport.as_str(), "reason" => e.code).increment(1);
+    // The abuse limits are also counted by limit (the rates in `charge`, which knows which).
+    match e.code {
+        "message_too_large" => crate::auth::count_limit("ws_message_size"),
+        "handshake_timeout" => crate::auth::count_limit("handshake_timeout"),
+        _ => {}
+    }
     if e.kind.is_server_fault() {
         warn!(transport = transport.as_str(), code = e.code, message = %e.message, "session failed");
     } else {
@@ -217,10 +223,11 @@ fn charge(limiter: &mut RateLimiter, msg: &Message) -> Result<(), Error> {
         _ => 0,
     };
     limiter.charge(bytes, Instant::now()).map_err(|which| {
-        let what = match which {
-            rate::RateExceeded::Messages => "message",
-            rate::RateExceeded::Bytes => "byte",
+        let (what, limit) = match which {
+            rate::RateExceeded::Messages => ("message", "ws_message_rate"),
+            rate::RateExceeded::Bytes => ("byte", "ws_byte_rate"),
         };
+        crate::auth::count_limit(limit);
         Error::new(
             ErrorKind::RateLimited,
             "rate_limited",

@@ -142,6 +142,7 @@ pub async fn handshake(
                 limits: state.config.calls.limits,
                 recording: state.config.calls.recording,
             };
+            calls::admit_tenant(state, &spec.tenant).await?;
             let (_, record) = calls::create(state, spec, "twilio").await?;
             (record, Epoch::ZERO)
         }
