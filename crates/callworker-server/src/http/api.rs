@@ -168,9 +168,9 @@ pub struct ListParams {
     #[serde(default)]
     #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
-    /// `next_cursor` of the previous page (opaque; its form depends on the store).
+    /// `next_cursor` of the previous page (opaque; its form depends on the store, and the
+    /// pattern here is this worker's).
     #[serde(default)]
-    #[param(pattern = "^([0-9]{16}:[A-Za-z0-9_-]{1,64}|m[0-9]{1,19})$")]
     cursor: Option<String>,
 }
 

@@ -30,8 +30,7 @@ use crate::state::AppState;
 pub fn router(state: AppState) -> Router {
     let body_max = state.config.limits.http_body_bytes_max;
     let (router, doc) = routes().split_for_parts();
-    let authenticated = state.config.auth.required;
-    let doc = openapi::document(doc, state.config.calls.limits.max_duration_ms, authenticated);
+    let doc = openapi::document(doc, openapi::WorkerFacts::of(&state.config));
     let doc = serde_json::to_string(&doc).expect("an OpenAPI document serializes to JSON");
     router
         .fallback(not_found)

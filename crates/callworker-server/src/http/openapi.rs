@@ -85,11 +85,43 @@ impl Modify for BearerScheme {
 /// marks that on structs but not on the variants of an enum.
 const CLOSED_ENUMS: &[&str] = &["Action", "ProgramSpec"];
 
-/// The document for one worker: its longest allowed call, `max_duration_ms`, is the one
-/// bound of a request that comes from configuration rather than from a constant; when the
-/// worker does not check API keys (`authenticated` false), no operation names the `bearer`
-/// scheme, since none requires it.
-pub fn document(mut doc: Document, max_duration_ms: u64, authenticated: bool) -> Document {
+/// What of the document depends on the worker's configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerFacts {
+    /// `calls.max_duration_ms`: the bound of `max_duration_ms` in `POST /v1/calls`.
+    pub max_duration_ms: u64,
+    /// Whether API keys are checked (`[auth] required`): otherwise no operation names the
+    /// `bearer` scheme, since none requires it.
+    pub authenticated: bool,
+    /// The form of the store's list cursors (`cursor` of `GET /v1/calls`).
+    pub list_cursor_pattern: &'static str,
+}
+
+impl WorkerFacts {
+    pub fn of(config: &crate::config::Config) -> WorkerFacts {
+        WorkerFacts {
+            max_duration_ms: config.calls.limits.max_duration_ms,
+            authenticated: config.auth.required,
+            list_cursor_pattern: match config.store {
+                crate::config::StoreConfig::Memory { .. } => callworker_store::memory::LIST_CURSOR_PATTERN,
+                crate::config::StoreConfig::Redis { .. } => callworker_store::redis_store::LIST_CURSOR_PATTERN,
+            },
+        }
+    }
+}
+
+/// The document for one worker (see [`WorkerFacts`]).
+pub fn document(mut doc: Document, facts: WorkerFacts) -> Document {
+    let WorkerFacts { max_duration_ms, authenticated, list_cursor_pattern } = facts;
+    if let Some(op) = doc.paths.paths.get_mut("/v1/calls").and_then(|item| item.get.as_mut()) {
+        for p in op.parameters.iter_mut().flatten() {
+            if p.name == "cursor"
+                && let Some(RefOr::T(Schema::Object(schema))) = p.schema.as_mut()
+            {
+                schema.pattern = Some(list_cursor_pattern.to_owned());
+            }
+        }
+    }
     if !authenticated {
         for item in doc.paths.paths.values_mut() {
             for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch] {

@@ -5,7 +5,15 @@ use super::*;
 /// The document as the router builds it.
 fn doc() -> (axum::Router<crate::state::AppState>, Document) {
     let (router, doc) = super::super::routes().split_for_parts();
-    (router, document(doc, 3_600_000, true))
+    (router, document(doc, facts(true)))
+}
+
+fn facts(authenticated: bool) -> WorkerFacts {
+    WorkerFacts {
+        max_duration_ms: 3_600_000,
+        authenticated,
+        list_cursor_pattern: callworker_store::redis_store::LIST_CURSOR_PATTERN,
+    }
 }
 
 fn documented_paths(doc: &Document) -> BTreeSet<String> {
@@ -132,7 +140,7 @@ fn authenticated_routes_name_the_bearer_scheme_and_public_ones_do_not() {
 #[test]
 fn without_api_keys_no_operation_requires_the_bearer_scheme() {
     let (_, doc) = super::super::routes().split_for_parts();
-    let value = serde_json::to_value(document(doc, 3_600_000, false)).unwrap();
+    let value = serde_json::to_value(document(doc, facts(false))).unwrap();
     for (path, item) in value["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             assert!(op.get("security").is_none(), "{method} {path}: {}", op["security"]);
@@ -147,6 +155,13 @@ fn the_call_duration_bound_is_the_workers() {
     let field = &value["components"]["schemas"]["CreateCall"]["properties"]["max_duration_ms"];
     assert_eq!(field["maximum"], 3_600_000, "{field}");
     assert_eq!(field["minimum"], 1, "{field}");
+    let cursor = value["paths"]["/v1/calls"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "cursor")
+        .unwrap();
+    assert_eq!(cursor["schema"]["pattern"], callworker_store::redis_store::LIST_CURSOR_PATTERN);
 }
 
 /// Prints the document (`cargo test -p callworker-server print_document -- --ignored --nocapture`).
