@@ -15,7 +15,7 @@ use serde::Serialize;
 use tikv_jemalloc_ctl::{Access, AsName, arenas, epoch, stats};
 
 /// jemalloc's view of the heap, in bytes (`stats.*` after an `epoch` refresh).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct AllocatorStats {
     /// Bytes the application holds.
     pub allocated: u64,
@@ -45,7 +45,7 @@ pub fn stats() -> Result<AllocatorStats, String> {
 }
 
 /// What a purge did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct PurgeReport {
     pub resident_before: u64,
     pub resident_after: u64,

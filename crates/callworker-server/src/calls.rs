@@ -124,24 +124,32 @@ pub async fn end_in_store(state: &AppState, call_id: &CallId, reason: EndReason)
 }
 
 /// A call as the control API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Call)]
 pub struct CallView {
     pub call_id: String,
     pub tenant: String,
+    #[schema(value_type = crate::http::openapi::CallStatusDoc)]
     pub status: &'static str,
+    #[schema(value_type = crate::http::openapi::DirectionDoc)]
     pub direction: callworker_call::Direction,
     pub from: Option<String>,
     pub to: Option<String>,
+    /// The running program's name (`echo`, `tone`).
     pub program: &'static str,
+    #[schema(value_type = crate::http::openapi::AudioFormatDoc)]
     pub audio: callworker_protocol::AudioFormat,
     pub created_at_ms: u64,
     pub started_at_ms: Option<u64>,
     pub ended_at_ms: Option<u64>,
+    #[schema(value_type = Option<crate::http::openapi::EndReasonDoc>)]
     pub end_reason: Option<EndReason>,
+    #[schema(value_type = Option<crate::http::openapi::TransportDoc>)]
     pub transport: Option<callworker_call::Transport>,
     /// Whether a media session drives the call right now.
     pub attached: bool,
     pub epoch: u64,
+    #[schema(value_type = crate::http::openapi::MediaPositionsDoc)]
     pub media: callworker_call::MediaPositions,
     pub timeline_events: usize,
     pub timeline_events_dropped: u64,

@@ -187,6 +187,10 @@ fn check_writable(record: &CallRecord, epoch: Epoch) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// The list cursors this store hands out and accepts (`m` and a position), as a regular
+/// expression: the control API's OpenAPI document states it.
+pub const LIST_CURSOR_PATTERN: &str = "^m[0-9]{1,19}$";
+
 fn encode_cursor(position: u64) -> String {
     format!("m{position}")
 }

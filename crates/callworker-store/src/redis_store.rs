@@ -232,6 +232,10 @@ fn calls_member(created_ms: u64, id: &CallId) -> String {
     format!("{created_ms:016}:{id}")
 }
 
+/// The list cursors this store hands out and accepts (calls-index members), as a regular
+/// expression: the control API's OpenAPI document states it.
+pub const LIST_CURSOR_PATTERN: &str = "^[0-9]{16}:[A-Za-z0-9_-]{1,64}$";
+
 /// The call id of a calls-index member (also a list cursor), if it is one.
 fn parse_calls_member(member: &str) -> Option<CallId> {
     let (created, id) = member.split_once(':')?;

@@ -398,12 +398,14 @@ pub enum Action {
     Hangup,
 }
 
+/// `Hangup {}` rather than `Hangup`: serde's `deny_unknown_fields` does not reach the unit
+/// variants of an internally tagged enum, so `{"type": "hangup", "extra": 1}` was accepted.
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "Action", tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 enum ActionJson {
     PlayTone { freqs_hz: Vec<u32>, duration_ms: u32 },
     SwitchProgram { program: ProgramSpec },
-    Hangup,
+    Hangup {},
 }
 
 #[derive(Serialize, Deserialize)]
@@ -555,6 +557,9 @@ mod tests {
                 .unwrap();
         assert_eq!(defaults, tone(vec![(vec![], 20)], None));
         let extra = json!({"type": "play_tone", "freqs_hz": [], "duration_ms": 20, "extra": 1});
+        assert!(serde_json::from_value::<Action>(extra).is_err());
+        // Found by schemathesis: the field-less variant refuses unknown fields too.
+        let extra = json!({"type": "hangup", "program": "echo"});
         assert!(serde_json::from_value::<Action>(extra).is_err());
         assert!(
             serde_json::from_value::<ProgramSpec>(json!({"name": "echo", "params": {"delay": 1}})).is_err()

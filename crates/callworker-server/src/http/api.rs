@@ -14,7 +14,12 @@ use callworker_store::{LIST_LIMIT_MAX, ListQuery, RecordStatus};
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
+use utoipa::IntoParams;
 
+use super::openapi::{
+    ActionDoc, AuthErrors, BodyErrors, CallEventsDoc, CallPageDoc, CreateCallDoc, CreatedCallDoc, DrainDoc,
+    ErrorBody, MemoryDoc, WorkersDoc,
+};
 use super::{ApiJson, ApiQuery};
 use crate::auth::{Caller, Operator, count_refusal};
 use crate::calls::{self, CallView};
@@ -49,8 +54,9 @@ pub struct CreateCall {
     record: Option<RecordingSettings>,
 }
 
-/// Longest `from`/`to` accepted (E.164 numbers, SIP URIs).
-const PARTY_BYTES_MAX: usize = 256;
+/// Longest `from`/`to` accepted (E.164 numbers, SIP URIs), in characters: what the
+/// OpenAPI document's `maxLength` counts (so at most 1 KiB of UTF-8).
+pub(crate) const PARTY_CHARS_MAX: usize = 256;
 
 fn invalid(code: &'static str, message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidRequest, code, message)
@@ -61,6 +67,21 @@ fn parse_call_id(id: &str) -> Result<CallId, Error> {
     CallId::parse(id).map_err(|_| Error::call_not_found())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/calls",
+    tag = "calls",
+    request_body = CreateCallDoc,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created; connect media to `media_url`", body = CreatedCallDoc),
+        (status = 400, description = "Invalid program, tenant, party, audio or duration", body = ErrorBody),
+        (status = 403, description = "The body names another tenant than the key's (`tenant_mismatch`)", body = ErrorBody),
+        (status = 429, description = "Rate limited, or the tenant has too many live calls (`tenant_calls_limit`)", body = ErrorBody),
+        AuthErrors,
+        BodyErrors,
+    ),
+)]
 pub async fn create_call(
     State(state): State<AppState>,
     caller: Caller,
@@ -87,10 +108,13 @@ pub async fn create_call(
         (None, None) => state.config.calls.default_tenant.clone(),
     };
     for (field, value) in [("from", &req.from), ("to", &req.to)] {
-        if value.as_ref().is_some_and(|v| v.len() > PARTY_BYTES_MAX || v.chars().any(char::is_control)) {
+        if value
+            .as_ref()
+            .is_some_and(|v| v.chars().count() > PARTY_CHARS_MAX || v.chars().any(char::is_control))
+        {
             return Err(invalid(
                 "invalid_party",
-                format!("{field} must be at most {PARTY_BYTES_MAX} printable bytes"),
+                format!("{field} must be at most {PARTY_CHARS_MAX} printable characters"),
             ));
         }
     }
@@ -129,19 +153,41 @@ pub async fn create_call(
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListParams {
+    /// Only calls in this status.
     #[serde(default)]
+    #[param(value_type = Option<super::openapi::CallStatusDoc>, inline)]
     status: Option<String>,
+    /// Only this tenant's calls (operator keys; a tenant key sees its own tenant only).
     #[serde(default)]
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
     tenant: Option<String>,
+    /// Page size (default 50).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
+    /// `next_cursor` of the previous page (opaque; its form depends on the store, and the
+    /// pattern here is this worker's).
     #[serde(default)]
     cursor: Option<String>,
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/calls",
+    tag = "calls",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of calls, newest last", body = CallPageDoc),
+        (status = 400, description = "Invalid status, tenant, limit or cursor", body = ErrorBody),
+        (status = 403, description = "A tenant key asked for another tenant (`tenant_mismatch`)", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn list_calls(
     State(state): State<AppState>,
     caller: Caller,
@@ -216,6 +262,19 @@ async fn load(state: &AppState, caller: &Caller, id: &CallId) -> Result<(Call, E
     Ok((calls::decode(&record)?, record.epoch))
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/calls/{id}",
+    tag = "calls",
+    params(("id" = String, Path, description = "Call id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The call", body = crate::calls::CallView),
+        (status = 404, description = "No such call (`call_not_found`), or another tenant's", body = ErrorBody),
+        (status = 500, description = "The call's stored state cannot be read (`checkpoint_unreadable`)", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn get_call(
     State(state): State<AppState>,
     caller: Caller,
@@ -226,6 +285,19 @@ pub async fn get_call(
     Ok(Json(CallView::new(&call, epoch)).into_response())
 }
 
+#[utoipa::path(
+    get,
+    path = "/v1/calls/{id}/events",
+    tag = "calls",
+    params(("id" = String, Path, description = "Call id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The call's timeline", body = CallEventsDoc),
+        (status = 404, description = "No such call (`call_not_found`), or another tenant's", body = ErrorBody),
+        (status = 500, description = "The call's stored state cannot be read (`checkpoint_unreadable`)", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn call_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -271,6 +343,20 @@ async fn ask_live(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/calls/{id}/end",
+    tag = "calls",
+    params(("id" = String, Path, description = "Call id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Ended (`api_ended`); the call as it ended", body = crate::calls::CallView),
+        (status = 404, description = "No such call (`call_not_found`), or another tenant's", body = ErrorBody),
+        (status = 409, description = "The call has ended (`call_ended`), or changed owner meanwhile", body = ErrorBody),
+        (status = 500, description = "The call's stored state cannot be read (`checkpoint_unreadable`)", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn end_call(
     State(state): State<AppState>,
     caller: Caller,
@@ -290,6 +376,23 @@ pub async fn end_call(
     Ok(Json(CallView::new(&call, epoch)).into_response())
 }
 
+#[utoipa::path(
+    post,
+    path = "/v1/calls/{id}/actions",
+    tag = "calls",
+    params(("id" = String, Path, description = "Call id")),
+    request_body = ActionDoc,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Applied; the call after it", body = crate::calls::CallView),
+        (status = 400, description = "Invalid action (`invalid_action`, `invalid_json`, `invalid_body`)", body = ErrorBody),
+        (status = 404, description = "No such call (`call_not_found`), or another tenant's", body = ErrorBody),
+        (status = 409, description = "The call has ended (`call_ended`) or no media session drives it here (`call_not_attached`)", body = ErrorBody),
+        (status = 500, description = "The call's stored state cannot be read (`checkpoint_unreadable`)", body = ErrorBody),
+        AuthErrors,
+        BodyErrors,
+    ),
+)]
 pub async fn call_action(
     State(state): State<AppState>,
     caller: Caller,
@@ -317,16 +420,33 @@ pub async fn call_action(
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RecordingParams {
+    /// Which direction (default `inbound`).
     #[serde(default)]
+    #[param(value_type = Option<super::openapi::TrackDoc>, inline)]
     track: Option<String>,
 }
 
 /// `GET /v1/calls/{id}/recording?track=inbound|outbound`: the call's recording as a WAV
 /// file in the call's own encoding (μ-law, A-law or 16-bit PCM, mono). It holds the audio
 /// that durable checkpoints cover: for a live call, up to its last checkpoint.
+#[utoipa::path(
+    get,
+    path = "/v1/calls/{id}/recording",
+    tag = "calls",
+    params(("id" = String, Path, description = "Call id"), RecordingParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "WAV (mono, in the call's encoding); audio up to the last checkpoint", content_type = "audio/wav", body = Vec<u8>, headers(("x-recording-truncated" = String, description = "`true` when the recording reached its size bound"))),
+        (status = 400, description = "Invalid track (`invalid_track`)", body = ErrorBody),
+        (status = 404, description = "No such call, or the track is not recorded (`recording_not_enabled`)", body = ErrorBody),
+        (status = 500, description = "The call's stored state cannot be read (`checkpoint_unreadable`)", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn call_recording(
     State(state): State<AppState>,
     caller: Caller,
@@ -372,6 +492,17 @@ pub async fn call_recording(
 }
 
 /// `GET /v1/workers`: the worker registry (workers whose heartbeat has not lapsed).
+#[utoipa::path(
+    get,
+    path = "/v1/workers",
+    tag = "operator",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Workers whose heartbeat has not lapsed", body = WorkersDoc),
+        (status = 403, description = "Not an operator key", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn list_workers(State(state): State<AppState>, _: Operator) -> Result<Response, Error> {
     let workers = state.store.workers().await?;
     Ok(Json(json!({ "workers": workers })).into_response())
@@ -380,6 +511,17 @@ pub async fn list_workers(State(state): State<AppState>, _: Operator) -> Result<
 /// `POST /v1/admin/drain`: stop admitting (readiness false, new calls and sessions 503
 /// `draining`) and migrate every call on this worker to other workers (their resumes record
 /// `migrated_drain`). The worker keeps running; stop it once `live_calls` is 0.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/drain",
+    tag = "operator",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Draining; calls told to migrate", body = DrainDoc),
+        (status = 403, description = "Not an operator key", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn admin_drain(State(state): State<AppState>, _: Operator) -> Result<Response, Error> {
     state.admission.start_draining();
     let mut migrating = 0;
@@ -394,6 +536,18 @@ pub async fn admin_drain(State(state): State<AppState>, _: Operator) -> Result<R
 }
 
 /// `POST /v1/admin/memory/purge`: returns the allocator's unused memory to the kernel now.
+#[utoipa::path(
+    post,
+    path = "/v1/admin/memory/purge",
+    tag = "operator",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Purged", body = crate::allocator::PurgeReport),
+        (status = 403, description = "Not an operator key", body = ErrorBody),
+        (status = 500, description = "The allocator refused (`purge_failed`)", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn admin_memory_purge(_: Operator) -> Result<Response, Error> {
     let report = tokio::task::spawn_blocking(crate::allocator::purge)
         .await
@@ -403,6 +557,17 @@ pub async fn admin_memory_purge(_: Operator) -> Result<Response, Error> {
 }
 
 /// `GET /v1/admin/memory`: the memory governor's level and last sample.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/memory",
+    tag = "operator",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The memory governor's level and last sample", body = MemoryDoc),
+        (status = 403, description = "Not an operator key", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn admin_memory(State(state): State<AppState>, _: Operator) -> Result<Response, Error> {
     let governor = &state.config.governor;
     Ok(Json(json!({
@@ -419,10 +584,12 @@ pub async fn admin_memory(State(state): State<AppState>, _: Operator) -> Result<
 }
 
 /// Query of `GET /v1/admin/memory/profile`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileQuery {
     /// Sampling window in seconds (1..=300; default 30).
+    #[param(minimum = 1, maximum = 300)]
     seconds: Option<u64>,
 }
 
@@ -431,6 +598,22 @@ pub struct ProfileQuery {
 /// `profiling_disabled` unless `[profiling] enabled`; 409 `profiling_unavailable` unless the
 /// worker was started with `_RJEM_MALLOC_CONF=prof:true,…`; 409 `profile_in_progress` while
 /// another profile is being taken.
+#[utoipa::path(
+    get,
+    path = "/v1/admin/memory/profile",
+    tag = "operator",
+    params(ProfileQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Heap profile, gzipped pprof protobuf", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 400, description = "`seconds` outside 1..=300 (`invalid_seconds`)", body = ErrorBody),
+        (status = 403, description = "Not an operator key", body = ErrorBody),
+        (status = 404, description = "Profiling is disabled by configuration (`profiling_disabled`)", body = ErrorBody),
+        (status = 409, description = "Profiling unavailable in this process, or another profile is running", body = ErrorBody),
+        (status = 500, description = "The profile could not be taken (`profile_failed`)", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
 pub async fn admin_memory_profile(
     State(state): State<AppState>,
     _: Operator,

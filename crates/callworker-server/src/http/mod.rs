@@ -3,11 +3,12 @@
 mod api;
 mod health;
 mod media;
+pub mod openapi;
 pub mod twilio;
 
+use std::sync::Arc;
 use std::time::Instant;
 
-use axum::Router;
 use axum::extract::rejection::{FormRejection, JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, MatchedPath, Request};
 use axum::http::StatusCode;
@@ -15,42 +16,58 @@ use axum::http::request::Parts;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::{Extension, Router};
 use serde::de::DeserializeOwned;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::error::{Error, ErrorKind};
 use crate::metrics as m;
 use crate::state::AppState;
 
-/// Builds the router for one worker.
+/// Builds the router for one worker, and serves its OpenAPI document at `/openapi.json`.
 pub fn router(state: AppState) -> Router {
     let body_max = state.config.limits.http_body_bytes_max;
-    Router::new()
-        .route("/v1/calls", post(api::create_call).get(api::list_calls))
-        .route("/v1/calls/{id}", get(api::get_call))
-        .route("/v1/calls/{id}/events", get(api::call_events))
-        .route("/v1/calls/{id}/end", post(api::end_call))
-        .route("/v1/calls/{id}/actions", post(api::call_action))
-        .route("/v1/calls/{id}/recording", get(api::call_recording))
-        .route("/v1/workers", get(api::list_workers))
-        .route("/v1/admin/memory", get(api::admin_memory))
-        .route("/v1/admin/memory/purge", post(api::admin_memory_purge))
-        .route("/v1/admin/memory/profile", get(api::admin_memory_profile))
-        .route("/v1/admin/drain", post(api::admin_drain))
-        .route("/v1/media", get(media::native_media))
-        .route("/twilio/voice", post(twilio::voice))
-        .route("/twilio/stream-ended", post(twilio::stream_ended))
-        .route("/twilio/media", get(media::twilio_media))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    let (router, doc) = routes().split_for_parts();
+    let doc = openapi::document(doc, openapi::WorkerFacts::of(&state.config));
+    let doc = serde_json::to_string(&doc).expect("an OpenAPI document serializes to JSON");
+    router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(Extension(openapi::DocumentJson(Arc::new(doc))))
         .layer(DefaultBodyLimit::max(body_max))
         // Before any route (media upgrades included): a browser page from another origin
         // gets nothing, not even an authentication error.
         .layer(middleware::from_fn_with_state(state.clone(), crate::auth::check_origin))
         .layer(middleware::from_fn(record_request))
         .with_state(state)
+}
+
+/// Every route, once. A route registered with `routes!` is served and documented from its
+/// handler's `#[utoipa::path]`; a route registered with `.route` is served only, and must be
+/// one of [`openapi::UNDOCUMENTED_ROUTES`] (a test checks).
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(api::create_call, api::list_calls))
+        .routes(routes!(api::get_call))
+        .routes(routes!(api::call_events))
+        .routes(routes!(api::end_call))
+        .routes(routes!(api::call_action))
+        .routes(routes!(api::call_recording))
+        .routes(routes!(api::list_workers))
+        .routes(routes!(api::admin_memory))
+        .routes(routes!(api::admin_memory_purge))
+        .routes(routes!(api::admin_memory_profile))
+        .routes(routes!(api::admin_drain))
+        .route("/v1/media", get(media::native_media))
+        .route("/twilio/voice", post(twilio::voice))
+        .route("/twilio/stream-ended", post(twilio::stream_ended))
+        .route("/twilio/media", get(media::twilio_media))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(openapi::openapi_json))
 }
 
 async fn not_found() -> Error {
@@ -83,6 +100,10 @@ async fn record_request(request: Request, next: Next) -> Response {
 }
 
 /// `Json<T>` whose rejections use our error format.
+///
+/// A number written with a zero fraction (`20.0`) is read as the integer it is: JSON Schema,
+/// and so the OpenAPI document, counts it as an integer, and serde would refuse it for an
+/// integer field. Numbers are normalized in a `serde_json::Value` before `T` is read from it.
 #[derive(Debug)]
 pub struct ApiJson<T>(pub T);
 
@@ -90,25 +111,60 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = Error;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(ApiJson(v)),
-            Err(JsonRejection::MissingJsonContentType(_)) => Err(Error::new(
-                ErrorKind::UnsupportedMediaType,
-                "unsupported_media_type",
-                "expected Content-Type: application/json",
-            )),
+        let mut value = match axum::Json::<serde_json::Value>::from_request(req, state).await {
+            Ok(axum::Json(v)) => v,
+            Err(JsonRejection::MissingJsonContentType(_)) => {
+                return Err(Error::new(
+                    ErrorKind::UnsupportedMediaType,
+                    "unsupported_media_type",
+                    "expected Content-Type: application/json",
+                ));
+            }
             Err(JsonRejection::BytesRejection(r)) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                Err(Error::new(
+                return Err(Error::new(
                     ErrorKind::PayloadTooLarge,
                     "body_too_large",
                     "request body exceeds the size bound",
-                ))
+                ));
             }
             Err(JsonRejection::JsonSyntaxError(e)) => {
-                Err(Error::new(ErrorKind::InvalidRequest, "invalid_json", e.body_text()))
+                return Err(Error::new(ErrorKind::InvalidRequest, "invalid_json", e.body_text()));
             }
-            Err(e) => Err(Error::new(ErrorKind::InvalidRequest, "invalid_body", e.body_text())),
+            Err(e) => return Err(Error::new(ErrorKind::InvalidRequest, "invalid_body", e.body_text())),
+        };
+        integral_floats_to_integers(&mut value);
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            Error::new(
+                ErrorKind::InvalidRequest,
+                "invalid_body",
+                format!("Failed to deserialize the JSON body into the target type: {e}"),
+            )
+        })
+    }
+}
+
+/// Largest magnitude below which every integer is exactly an `f64` (2^53).
+const F64_EXACT_INTEGER_MAX: f64 = 9_007_199_254_740_992.0;
+
+/// Rewrites every number with a zero fraction, small enough to be exact, as an integer.
+fn integral_floats_to_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64()
+                && n.is_f64()
+                && f.fract() == 0.0
+                && f.abs() <= F64_EXACT_INTEGER_MAX
+            {
+                // In range and integral: the casts are exact.
+                #[allow(clippy::cast_possible_truncation)]
+                let i = f as i64;
+                *n = i.into();
+            }
         }
+        Value::Array(items) => items.iter_mut().for_each(integral_floats_to_integers),
+        Value::Object(map) => map.values_mut().for_each(integral_floats_to_integers),
+        Value::Null | Value::Bool(_) | Value::String(_) => {}
     }
 }
 
@@ -147,5 +203,47 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
             .map_err(|e: QueryRejection| {
                 Error::new(ErrorKind::InvalidRequest, "invalid_query", e.body_text())
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+
+    #[derive(Debug, serde::Deserialize, PartialEq)]
+    #[serde(deny_unknown_fields)]
+    struct Body1 {
+        duration_ms: u32,
+        freqs_hz: Vec<u32>,
+        #[serde(default)]
+        gain: Option<f64>,
+    }
+
+    async fn read(body: &str) -> Result<Body1, Error> {
+        let req =
+            Request::post("/").header("content-type", "application/json").body(Body::from(body.to_owned()));
+        ApiJson::<Body1>::from_request(req.unwrap(), &()).await.map(|ApiJson(b)| b)
+    }
+
+    /// Found by schemathesis: `{"duration_ms": 4440.0}` is an integer by JSON Schema (and by
+    /// the OpenAPI document) and was refused with 400.
+    #[tokio::test]
+    async fn integral_floats_are_integers_and_other_numbers_are_untouched() {
+        let b = read(r#"{"duration_ms": 4440.0, "freqs_hz": [85.0, 2], "gain": 0.5}"#).await.unwrap();
+        assert_eq!(b, Body1 { duration_ms: 4440, freqs_hz: vec![85, 2], gain: Some(0.5) });
+        let b = read(r#"{"duration_ms": 1e3, "freqs_hz": [], "gain": 2.0}"#).await.unwrap();
+        assert_eq!(b, Body1 { duration_ms: 1000, freqs_hz: vec![], gain: Some(2.0) });
+        for bad in [
+            r#"{"duration_ms": 20.5, "freqs_hz": []}"#,
+            r#"{"duration_ms": -20.0, "freqs_hz": []}"#,
+            r#"{"duration_ms": 1e300, "freqs_hz": []}"#,
+            r#"{"duration_ms": 20, "freqs_hz": [], "extra": 1}"#,
+        ] {
+            let e = read(bad).await.unwrap_err();
+            assert_eq!((e.kind, e.code), (ErrorKind::InvalidRequest, "invalid_body"), "{bad}");
+        }
+        let e = read("{").await.unwrap_err();
+        assert_eq!(e.code, "invalid_json");
     }
 }
