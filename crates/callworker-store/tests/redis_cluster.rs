@@ -1,0 +1,159 @@
+//! The store contract against [`RedisStore`] on a real three-primary Redis Cluster (started
+//! here through the testkit), plus what only a cluster has: calls spread over the nodes,
+//! `CROSSSLOT` refusals (which the contract would meet if a script or a pipeline touched
+//! two slots), a node killed and restarted under a running store, and nodes that lost
+//! their scripts.
+
+// Helper functions are not `#[test]`s, so clippy's test exemption misses them.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use callworker_call::{CallId, Epoch, TenantId, WorkerId};
+use callworker_store::redis_store::{RedisMode, RedisStore, RedisStoreOptions};
+use callworker_store::{
+    AttemptId, CallStore, Checkpoint, CheckpointAck, ListQuery, NewCall, RecordingChunk, StoreError, contract,
+};
+use callworker_testkit::{RedisCluster, redis_cli};
+
+static NAMESPACE: AtomicU64 = AtomicU64::new(0);
+
+fn options(cluster: &RedisCluster) -> RedisStoreOptions {
+    RedisStoreOptions {
+        mode: RedisMode::Cluster,
+        namespace: format!("c{}", NAMESPACE.fetch_add(1, Ordering::Relaxed)),
+        recording_track_bytes_max: contract::RECORDING_TRACK_BYTES_MAX,
+        ..RedisStoreOptions::with_url(&cluster.seed_urls())
+    }
+}
+
+async fn start() -> RedisCluster {
+    RedisCluster::start(3)
+        .await
+        .expect("start a 3-node redis cluster (apt-get install -y redis-server redis-tools)")
+}
+
+fn checkpoint(seq: u64) -> Checkpoint {
+    Checkpoint { seq, blob: Bytes::from(format!("checkpoint {seq}")) }
+}
+
+async fn create_attached(store: &RedisStore, name: &str) -> (CallId, Epoch) {
+    let call = CallId::parse(name).unwrap();
+    let new = NewCall {
+        call_id: call.clone(),
+        tenant: TenantId::parse("acme").unwrap(),
+        checkpoint: checkpoint(0),
+    };
+    store.create(new).await.unwrap();
+    let worker = WorkerId::parse("w1").unwrap();
+    let attached = store
+        .attach(&call, &AttemptId(format!("a-{name}")), &worker, Epoch::ZERO, Duration::from_secs(30))
+        .await
+        .unwrap();
+    (call, attached.epoch)
+}
+
+/// Keys in a node's own slots.
+fn dbsize(cluster: &RedisCluster, node: usize) -> u64 {
+    redis_cli(cluster.nodes[node].port(), &["DBSIZE"]).unwrap().trim().parse().unwrap()
+}
+
+/// The whole contract on a cluster: every script and every multi-key command the store
+/// sends would be refused with `CROSSSLOT` (or `MOVED` without end) if its keys spanned
+/// slots, so passing it shows that each touches one slot. The calls it creates land on
+/// every node, so this is not one node answering everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_meets_the_contract_on_a_cluster() {
+    let cluster = start().await;
+    contract::run_all(|| async { RedisStore::connect(options(&cluster)).await.unwrap() }).await;
+    for node in 0..cluster.nodes.len() {
+        assert!(dbsize(&cluster, node) > 0, "node {node} holds some of the calls");
+    }
+}
+
+/// The negative control for the test above: a cluster does refuse a script whose keys span
+/// two slots, so a store script that did would have failed the contract.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_refuses_a_script_across_two_slots() {
+    let cluster = start().await;
+    let node = cluster.node_for_key("cw:call:{a}").unwrap();
+    let port = cluster.nodes[node].port();
+    let reply = redis_cli(port, &["EVAL", "return 1", "2", "cw:call:{a}", "cw:call:{b}"]).unwrap();
+    assert!(reply.contains("CROSSSLOT"), "{reply}");
+    let same_slot = redis_cli(port, &["EVAL", "return 1", "2", "cw:call:{a}", "cw:call:{a}:rec:in"]).unwrap();
+    assert_eq!(same_slot.trim(), "1");
+}
+
+/// Retries `op` while it is unavailable (the cluster connection refreshes its slot map and
+/// reconnects in the background), bounded.
+async fn until_ok<T>(what: &str, mut op: impl AsyncFnMut() -> Result<T, StoreError>) -> T {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match op().await {
+            Ok(v) => return v,
+            Err(StoreError::Unavailable(e)) if Instant::now() < deadline => {
+                eprintln!("{what}: still unavailable: {e}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("{what}: {e}"),
+        }
+    }
+}
+
+/// The node holding a call is killed and restarted: the same store finds it again, the
+/// node's AOF kept the call, and its empty script cache is refilled on demand (`NOSCRIPT`
+/// → `EVAL` on that node), while calls on the other nodes were served throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_is_found_again_and_reloads_its_scripts() {
+    let mut cluster = start().await;
+    let store = RedisStore::connect(options(&cluster)).await.unwrap();
+    let lease = Duration::from_secs(30);
+    // Calls until one lives on another node than the first.
+    let (call, epoch) = create_attached(&store, "restart-0").await;
+    let home = cluster.node_for_key(&store.call_keys(&call)[0]).unwrap();
+    let mut other = None;
+    for n in 1..64 {
+        let (c, e) = create_attached(&store, &format!("restart-{n}")).await;
+        if cluster.node_for_key(&store.call_keys(&c)[0]).unwrap() != home {
+            other = Some((c, e));
+            break;
+        }
+    }
+    let (other, other_epoch) = other.expect("64 calls do not all hash to one node");
+    store.checkpoint(&call, epoch, checkpoint(1), RecordingChunk::default(), lease).await.unwrap();
+    // appendfsync everysec: give the AOF its fsync before the crash.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    cluster.nodes[home].kill();
+    let down = store.checkpoint(&call, epoch, checkpoint(2), RecordingChunk::default(), lease).await;
+    assert!(matches!(down, Err(StoreError::Unavailable(_))), "while its node is down: {down:?}");
+    // The other node still serves its call (until the cluster marks the dead node failed).
+    let served = store.checkpoint(&other, other_epoch, checkpoint(1), RecordingChunk::default(), lease).await;
+    assert!(matches!(served, Ok(CheckpointAck::Applied) | Err(StoreError::Unavailable(_))), "{served:?}");
+
+    cluster.nodes[home].restart().await.unwrap();
+    cluster.wait_ok().await.unwrap();
+    let ack = until_ok("checkpoint after the node restarted", async || {
+        store.checkpoint(&call, epoch, checkpoint(2), RecordingChunk::default(), lease).await
+    })
+    .await;
+    assert_eq!(ack, CheckpointAck::Applied, "the same store, not rebuilt, writes again");
+    let record = store.get(&call).await.unwrap();
+    assert_eq!(
+        (record.epoch, record.checkpoint),
+        (epoch, Some(checkpoint(2))),
+        "the node's AOF kept the call"
+    );
+
+    // Every node forgets every script: each reloads what it runs, on demand.
+    for node in &cluster.nodes {
+        redis_cli(node.port(), &["SCRIPT", "FLUSH"]).unwrap();
+    }
+    let ack = store.checkpoint(&other, other_epoch, checkpoint(2), RecordingChunk::default(), lease).await;
+    assert_eq!(ack, Ok(CheckpointAck::Applied));
+    let page = store.list(&ListQuery { tenant: None, status: None, cursor: None, limit: 100 }).await.unwrap();
+    assert!(page.records.len() >= 2, "list reads calls across the nodes: {}", page.records.len());
+    assert!(store.expired_leases(Duration::ZERO, 10).await.unwrap().is_empty());
+}
