@@ -1302,6 +1302,16 @@ mod tests {
         }
     }
 
+    /// The ACL line operators copy is the one the tests prove sufficient.
+    #[test]
+    fn the_documented_acl_line_has_exactly_these_commands() {
+        let docs = include_str!("../../../docs/operations.md");
+        let line = docs.lines().find(|l| l.starts_with("ACL SETUSER callworker ")).expect("the ACL line");
+        let documented: Vec<&str> = line.split_whitespace().filter(|w| w.starts_with('+')).collect();
+        assert_eq!(documented, ACL_COMMANDS.split_whitespace().collect::<Vec<_>>(), "{line}");
+        assert!(docs.contains(ACL_COMMANDS_CLUSTER));
+    }
+
     #[test]
     fn every_key_of_a_call_carries_its_hash_tag() {
         let keys = Keys::new("cw");

@@ -351,8 +351,17 @@ async fn a_checkpoint_costs_about_one_command() {
 #[tokio::test]
 async fn redis_store_meets_the_contract_as_a_least_privilege_acl_user() {
     use callworker_store::redis_store::ACL_COMMANDS;
-    let mut args = vec!["--user", "default", "off", "--user", "callworker", "on", ">s3cret-pw"];
-    args.extend(["resetkeys", "~acl:*", "resetchannels", "-@all"]);
+    let mut args = vec!["--user", "default", "off", "--user", "admin", "on", ">admin-pw", "~*", "+@all"];
+    args.extend([
+        "--user",
+        "callworker",
+        "on",
+        ">s3cret-pw",
+        "resetkeys",
+        "~acl:*",
+        "resetchannels",
+        "-@all",
+    ]);
     args.extend(ACL_COMMANDS.split_whitespace());
     let server = RedisServer::start_with(&args).await.unwrap();
     let url = format!("redis://callworker:s3cret-pw@127.0.0.1:{}", server.port());
@@ -362,6 +371,11 @@ async fn redis_store_meets_the_contract_as_a_least_privilege_acl_user() {
         ..RedisStoreOptions::with_url(&url)
     };
     contract::run_all(|| async { RedisStore::connect(options()).await.unwrap() }).await;
+    // Nothing was refused, not even a best-effort command whose failure is only logged.
+    let admin = format!("redis://admin:admin-pw@127.0.0.1:{}", server.port());
+    let mut admin = redis::Client::open(admin).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let denied: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query_async(&mut admin).await.unwrap();
+    assert!(denied.is_empty(), "ACL LOG: {denied:?}");
 
     // The same user outside its namespace, or running anything else, is refused.
     let outside = RedisStore::connect(RedisStoreOptions { namespace: "other".to_owned(), ..options() }).await;
@@ -377,6 +391,8 @@ async fn redis_store_meets_the_contract_as_a_least_privilege_acl_user() {
     assert!(flush.is_err_and(|e| e.to_string().contains("no permissions")));
     let anonymous = RedisStore::connect(RedisStoreOptions::with_url(&server.url())).await;
     assert!(anonymous.is_err(), "the default user is off");
+    let denied: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query_async(&mut admin).await.unwrap();
+    assert!(denied.len() >= 2, "the ACL LOG does record refusals: {denied:?}");
 }
 
 /// `rediss://` against a redis-server that speaks only TLS, with a certificate from a CA
