@@ -7,7 +7,7 @@
 //!
 //! The key failure tests run twice, on one Redis and on a three-primary Redis Cluster
 //! ([`Backend`]): `on_both_backends!` turns each `async fn name(backend)` into the tests
-//! `name::single` and `name::cluster`. The others need one server (they kill or edit it).
+//! `name::single` and `name::cluster`. The others run on one server.
 
 #![allow(clippy::unwrap_used)]
 
@@ -83,11 +83,27 @@ impl Redis {
         }
     }
 
-    /// The one server, for tests that kill or restart it.
-    fn server(&mut self) -> &mut RedisServer {
+    /// The server that holds a call's keys: the one server, or the call's cluster node.
+    fn server_of(&mut self, call_id: &str) -> &mut RedisServer {
         match self {
             Redis::Single(server) => server,
-            Redis::Cluster(_) => panic!("this test runs on a single redis-server"),
+            Redis::Cluster(cluster) => {
+                let node = cluster.node_for_key(&format!("cw:call:{{{call_id}}}")).unwrap();
+                &mut cluster.nodes[node]
+            }
+        }
+    }
+
+    /// Restarts a server killed through [`Redis::server_of`]; a cluster is then waited for
+    /// until every node reports `cluster_state:ok` again.
+    async fn restart(&mut self, port: u16) {
+        match self {
+            Redis::Single(server) => server.restart().await.unwrap(),
+            Redis::Cluster(cluster) => {
+                let node = cluster.nodes.iter_mut().find(|n| n.port() == port).unwrap();
+                node.restart().await.unwrap();
+                cluster.wait_ok().await.unwrap();
+            }
         }
     }
 }
@@ -505,11 +521,11 @@ fn redis_cli(redis: &Redis, args: &[&str], value: Option<&[u8]>) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Redis killed and restarted mid-call (AOF on): the call keeps running in memory, and
-/// checkpoints (acks) resume once Redis is back; the call can still fail over afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_ride_out_a_redis_restart() {
-    let mut fleet = Fleet::start("redisrestart", 2, &[]).await;
+/// Redis (on a cluster: the node holding the call) killed and restarted mid-call (AOF on):
+/// the call keeps running in memory, and checkpoints (acks) resume once Redis is back, on
+/// the same connection; the call can still fail over afterwards.
+async fn calls_ride_out_a_redis_restart(backend: Backend) {
+    let mut fleet = Fleet::start_on(backend, "redisrestart", 2, &[]).await;
     let created = create_recorded_echo(&fleet.api(0)).await;
     let (call, mut events) = connect(fleet.media_urls(0), &created).await;
     let mut seq = 0;
@@ -524,12 +540,14 @@ async fn calls_ride_out_a_redis_restart() {
     until(&mut events, WAIT, |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= 20)).await;
     // Let AOF's once-a-second fsync cover the last checkpoint before the crash.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    fleet.redis.server().kill();
+    let killed = fleet.redis.server_of(created.call_id());
+    killed.kill();
+    let killed = killed.port();
     send(&call, 25, &mut seq).await;
     // Echo still flows while Redis is down: the call lives in the worker's memory.
     let echoed = until(&mut events, WAIT, |e| matches!(e, CallEvent::Audio { seq, .. } if *seq >= 40)).await;
     assert!(!echoed.iter().any(|e| matches!(e, CallEvent::Disconnected { .. })), "the session stayed up");
-    fleet.redis.server().restart().await.unwrap();
+    fleet.redis.restart(killed).await;
     send(&call, 10, &mut seq).await;
     until(
         &mut events,
@@ -879,4 +897,5 @@ on_both_backends!(
     two_connections_for_one_call_exactly_one_wins,
     a_client_that_never_returns_is_reaped,
     a_draining_worker_hands_its_calls_to_another,
+    calls_ride_out_a_redis_restart,
 );

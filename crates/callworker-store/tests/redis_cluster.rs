@@ -157,3 +157,46 @@ async fn a_restarted_node_is_found_again_and_reloads_its_scripts() {
     assert!(page.records.len() >= 2, "list reads calls across the nodes: {}", page.records.len());
     assert!(store.expired_leases(Duration::ZERO, 10).await.unwrap().is_empty());
 }
+
+/// A call's slot is migrated to another node under a running store (as a resharding does,
+/// by hand: `SETSLOT IMPORTING/MIGRATING`, `MIGRATE` of its keys, `SETSLOT NODE` on every
+/// node): the store's next write meets `MOVED`, follows it, and the call carries on there
+/// with its epoch, checkpoint and recording.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_slot_moves_is_followed_to_its_new_node() {
+    let cluster = start().await;
+    let store = RedisStore::connect(options(&cluster)).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let (call, epoch) = create_attached(&store, "moving").await;
+    let audio = RecordingChunk { inbound: Bytes::from_static(b"before"), outbound: Bytes::new() };
+    store.checkpoint(&call, epoch, checkpoint(1), audio, lease).await.unwrap();
+
+    let keys = store.call_keys(&call);
+    let from = cluster.node_for_key(&keys[0]).unwrap();
+    let to = (from + 1) % cluster.nodes.len();
+    let port = |i: usize| cluster.nodes[i].port();
+    let cli = |i: usize, args: &[&str]| redis_cli(port(i), args).unwrap().trim().to_owned();
+    let slot = cli(from, &["CLUSTER", "KEYSLOT", &keys[0]]);
+    let from_id = cli(from, &["CLUSTER", "MYID"]);
+    let to_id = cli(to, &["CLUSTER", "MYID"]);
+    cli(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+    cli(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+    let to_port = port(to).to_string();
+    let mut migrate = vec!["MIGRATE", "127.0.0.1", &to_port, "", "0", "5000", "KEYS"];
+    migrate.extend(keys.iter().map(String::as_str));
+    assert_eq!(cli(from, &migrate), "OK");
+    for i in 0..cluster.nodes.len() {
+        cli(i, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+    }
+    assert_eq!(cluster.node_for_key(&keys[0]).unwrap(), to, "the slot moved");
+
+    let audio = RecordingChunk { inbound: Bytes::from_static(b"+after"), outbound: Bytes::new() };
+    let ack = until_ok("checkpoint after the move", async || {
+        store.checkpoint(&call, epoch, checkpoint(2), audio.clone(), lease).await
+    })
+    .await;
+    assert_eq!(ack, CheckpointAck::Applied);
+    let record = store.get(&call).await.unwrap();
+    assert_eq!((record.epoch, record.checkpoint), (epoch, Some(checkpoint(2))));
+    assert_eq!(store.recording(&call).await.unwrap().inbound, Bytes::from_static(b"before+after"));
+}
