@@ -293,17 +293,16 @@ struct Scripts {
 
 impl Scripts {
     fn load() -> Scripts {
-        let with_prelude = LuaScript::new;
         Scripts {
-            create: with_prelude(include_str!("../lua/create.lua")),
-            attach: with_prelude(include_str!("../lua/attach.lua")),
-            checkpoint: with_prelude(include_str!("../lua/checkpoint.lua")),
-            renew: with_prelude(include_str!("../lua/renew.lua")),
-            end: with_prelude(include_str!("../lua/end.lua")),
-            expire: with_prelude(include_str!("../lua/expire.lua")),
-            scan_leases: with_prelude(include_str!("../lua/scan_leases.lua")),
-            heartbeat: with_prelude(include_str!("../lua/heartbeat.lua")),
-            workers: with_prelude(include_str!("../lua/workers.lua")),
+            create: LuaScript::new(include_str!("../lua/create.lua")),
+            attach: LuaScript::new(include_str!("../lua/attach.lua")),
+            checkpoint: LuaScript::new(include_str!("../lua/checkpoint.lua")),
+            renew: LuaScript::new(include_str!("../lua/renew.lua")),
+            end: LuaScript::new(include_str!("../lua/end.lua")),
+            expire: LuaScript::new(include_str!("../lua/expire.lua")),
+            scan_leases: LuaScript::new(include_str!("../lua/scan_leases.lua")),
+            heartbeat: LuaScript::new(include_str!("../lua/heartbeat.lua")),
+            workers: LuaScript::new(include_str!("../lua/workers.lua")),
         }
     }
 }

@@ -200,3 +200,55 @@ async fn a_call_whose_slot_moves_is_followed_to_its_new_node() {
     assert_eq!((record.epoch, record.checkpoint), (epoch, Some(checkpoint(2))));
     assert_eq!(store.recording(&call).await.unwrap().inbound, Bytes::from_static(b"before+after"));
 }
+
+/// `calls` of each command in `INFO commandstats`, summed over the nodes.
+fn command_calls(cluster: &RedisCluster) -> std::collections::HashMap<String, u64> {
+    let mut calls = std::collections::HashMap::new();
+    for node in &cluster.nodes {
+        let info = redis_cli(node.port(), &["INFO", "commandstats"]).unwrap();
+        for line in info.lines() {
+            let Some((name, rest)) = line.strip_prefix("cmdstat_").and_then(|l| l.split_once(':')) else {
+                continue;
+            };
+            let n: u64 = rest.split(',').find_map(|kv| kv.strip_prefix("calls=")).unwrap().parse().unwrap();
+            *calls.entry(name.to_owned()).or_default() += n;
+        }
+    }
+    calls
+}
+
+/// On a cluster too, a checkpoint is about one command, and a script's text is sent at
+/// most once per node that lacks it (`EVAL` after `NOSCRIPT`), not once per call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_are_loaded_once_per_node_and_a_checkpoint_is_one_command() {
+    let cluster = start().await;
+    let store = RedisStore::connect(options(&cluster)).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let mut calls = Vec::new();
+    for n in 0..12 {
+        calls.push(create_attached(&store, &format!("cost-{n}")).await);
+    }
+    let before = command_calls(&cluster);
+    let rounds = 10u64;
+    for seq in 1..=rounds {
+        for (call, epoch) in &calls {
+            store.checkpoint(call, *epoch, checkpoint(seq), RecordingChunk::default(), lease).await.unwrap();
+        }
+    }
+    let after = command_calls(&cluster);
+    let delta = |name: &str| after.get(name).copied().unwrap_or(0) - before.get(name).copied().unwrap_or(0);
+    let checkpoints = rounds * calls.len() as u64;
+    eprintln!(
+        "{checkpoints} checkpoints on 3 nodes: evalsha {} eval {} noscript-loads {} zadd {}",
+        delta("evalsha"),
+        delta("eval"),
+        delta("script|load"),
+        delta("zadd")
+    );
+    assert!(
+        delta("eval") <= cluster.nodes.len() as u64,
+        "the checkpoint script is sent at most once per node"
+    );
+    assert!(delta("evalsha") + delta("eval") <= checkpoints + cluster.nodes.len() as u64);
+    assert!(delta("evalsha") >= checkpoints - cluster.nodes.len() as u64);
+}
