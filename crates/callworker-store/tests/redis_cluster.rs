@@ -252,3 +252,59 @@ async fn scripts_are_loaded_once_per_node_and_a_checkpoint_is_one_command() {
     assert!(delta("evalsha") + delta("eval") <= checkpoints + cluster.nodes.len() as u64);
     assert!(delta("evalsha") >= checkpoints - cluster.nodes.len() as u64);
 }
+
+/// The documented ACL user, plus `ACL_COMMANDS_CLUSTER`, is enough on a cluster too: the
+/// contract passes as that user on every node, and no node refused anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_acl_user_is_enough_on_a_cluster() {
+    use callworker_store::redis_store::{ACL_COMMANDS, ACL_COMMANDS_CLUSTER};
+    let cluster = start().await;
+    let mut setuser = vec!["ACL", "SETUSER", "callworker", "on", ">s3cret-pw", "resetkeys", "~acl:*"];
+    setuser.extend(["resetchannels", "-@all"]);
+    setuser.extend(ACL_COMMANDS.split_whitespace().chain(ACL_COMMANDS_CLUSTER.split_whitespace()));
+    for node in &cluster.nodes {
+        assert_eq!(redis_cli(node.port(), &setuser).unwrap().trim(), "OK");
+    }
+    let urls: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("redis://callworker:s3cret-pw@127.0.0.1:{}", n.port()))
+        .collect();
+    let options = || RedisStoreOptions {
+        mode: RedisMode::Cluster,
+        namespace: "acl".to_owned(),
+        recording_track_bytes_max: contract::RECORDING_TRACK_BYTES_MAX,
+        ..RedisStoreOptions::with_url(&urls.join(","))
+    };
+    contract::run_all(|| async { RedisStore::connect(options()).await.unwrap() }).await;
+    for node in &cluster.nodes {
+        let log = redis_cli(node.port(), &["ACL", "LOG"]).unwrap();
+        assert!(log.trim().is_empty(), "node {} refused: {log}", node.port());
+    }
+}
+
+/// A stalled node (SIGSTOP) makes its calls' writes unavailable within the response
+/// timeout, not longer; once it continues, the retried write goes through (or was applied).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_node_is_unavailable_until_it_continues() {
+    let cluster = start().await;
+    let store = RedisStore::connect(options(&cluster)).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let (call, epoch) = create_attached(&store, "stall").await;
+    let node = cluster.node_for_key(&store.call_keys(&call)[0]).unwrap();
+    cluster.nodes[node].stop().unwrap();
+    let started = Instant::now();
+    let stalled = store.checkpoint(&call, epoch, checkpoint(1), RecordingChunk::default(), lease).await;
+    let waited = started.elapsed();
+    cluster.nodes[node].cont().unwrap();
+    assert!(matches!(stalled, Err(StoreError::Unavailable(_))), "{stalled:?}");
+    assert!(waited < Duration::from_secs(5), "bounded by the response timeout: {waited:?}");
+    let retry = until_ok("checkpoint after SIGCONT", async || {
+        store.checkpoint(&call, epoch, checkpoint(1), RecordingChunk::default(), lease).await
+    })
+    .await;
+    assert!(
+        matches!(retry, CheckpointAck::Applied | CheckpointAck::Duplicate { stored_seq: 1 }),
+        "{retry:?}"
+    );
+}
