@@ -1,6 +1,7 @@
 //! Round trips of the `CallStore` operations a call's life makes, against a real
 //! `redis-server` that this bench starts on a free port (callworker-testkit: AOF on,
-//! `appendfsync everysec`, `noeviction`, as production should run it), and against
+//! `appendfsync everysec`, `noeviction`, as production should run it), against a local
+//! three-primary Redis Cluster of such servers (`store_redis_cluster`), and against
 //! `MemoryStore` for comparison.
 //!
 //! - `create_attach`: a new call stored, then taken over by a session (epoch 0 → 1).
@@ -28,9 +29,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use callworker_call::{CallId, EndReason, Epoch, TenantId, WorkerId};
 use callworker_store::memory::MemoryStore;
-use callworker_store::redis_store::{RedisStore, RedisStoreOptions};
+use callworker_store::redis_store::{RedisMode, RedisStore, RedisStoreOptions};
 use callworker_store::{AttemptId, CallStore, Checkpoint, NewCall, RecordingChunk};
-use callworker_testkit::RedisServer;
+use callworker_testkit::{RedisCluster, RedisServer};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
@@ -320,11 +321,25 @@ fn bench_store(c: &mut Criterion) {
     let redis: Arc<dyn CallStore> =
         Arc::new(rt.block_on(RedisStore::connect(options)).expect("connect to the bench's redis-server"));
 
+    let cluster = rt.block_on(RedisCluster::start(3)).unwrap_or_else(|e| {
+        panic!("the store bench needs redis-server and redis-cli (apt-get install -y redis-server): {e:#}")
+    });
+    let options = RedisStoreOptions {
+        mode: RedisMode::Cluster,
+        namespace: "bench".to_owned(),
+        ended_retention: ENDED_RETENTION,
+        ..RedisStoreOptions::with_url(&cluster.seed_urls())
+    };
+    let redis_cluster: Arc<dyn CallStore> =
+        Arc::new(rt.block_on(RedisStore::connect(options)).expect("connect to the bench's redis cluster"));
+
     let memory: Arc<dyn CallStore> = Arc::new(MemoryStore::new(MEMORY_CAPACITY));
     bench_ops(c, &rt, "memory", memory);
     bench_ops(c, &rt, "redis", redis);
-    // Killed by PID and its directory removed when dropped.
+    bench_ops(c, &rt, "redis_cluster", redis_cluster);
+    // Killed by PID and their directories removed when dropped.
     drop(server);
+    drop(cluster);
 }
 
 criterion_group!(benches, bench_store);

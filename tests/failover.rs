@@ -4,6 +4,10 @@
 //! short leases and reaper periods so failures are detected within seconds. Clients are
 //! given every worker's media URL (a fleet without a load balancer: they rotate through the
 //! list when they reconnect).
+//!
+//! The key failure tests run twice, on one Redis and on a three-primary Redis Cluster
+//! ([`Backend`]): `on_both_backends!` turns each `async fn name(backend)` into the tests
+//! `name::single` and `name::cluster`. The others run on one server.
 
 #![allow(clippy::unwrap_used)]
 
@@ -15,7 +19,8 @@ use callworker_client::api::{ControlApi, CreatedCall};
 use callworker_client::resilient::{CallEvent, EndCause, ResilientCall, ResilientConfig};
 use callworker_client::twilio::{StreamEvent, TwilioSimulator, Twiml};
 use callworker_testkit::{
-    OPERATOR_KEY, RedisServer, Signal, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions,
+    OPERATOR_KEY, RedisCluster, RedisServer, Signal, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker,
+    WorkerOptions,
 };
 use common::*;
 use serde_json::{Value, json};
@@ -24,16 +29,100 @@ use tokio::sync::mpsc;
 /// 20 ms of 8 kHz μ-law.
 const FRAME_BYTES: usize = 160;
 
+/// Where a fleet keeps its calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    /// One redis-server.
+    Single,
+    /// A Redis Cluster of three primaries.
+    Cluster,
+}
+
+/// Runs each `async fn name(backend: Backend)` as two tests, `name::single` and
+/// `name::cluster`, so one body covers both backends.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn single() {
+                super::$name(super::Backend::Single).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name(super::Backend::Cluster).await
+            }
+        }
+    )*};
+}
+
+/// The fleet's Redis: one server or a cluster.
+enum Redis {
+    Single(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Redis {
+    async fn start(backend: Backend) -> Redis {
+        match backend {
+            Backend::Single => Redis::Single(RedisServer::start().await.unwrap()),
+            Backend::Cluster => Redis::Cluster(RedisCluster::start(3).await.unwrap()),
+        }
+    }
+
+    /// `store.redis_url` and `store.redis_mode` for the workers.
+    fn store_settings(&self) -> (String, &'static str) {
+        match self {
+            Redis::Single(server) => (server.url(), "standalone"),
+            Redis::Cluster(cluster) => (cluster.seed_urls(), "cluster"),
+        }
+    }
+
+    /// A port to reach it with `redis-cli -c` (which follows a cluster's redirections).
+    fn port(&self) -> u16 {
+        match self {
+            Redis::Single(server) => server.port(),
+            Redis::Cluster(cluster) => cluster.nodes[0].port(),
+        }
+    }
+
+    /// The server that holds a call's keys: the one server, or the call's cluster node.
+    fn server_of(&mut self, call_id: &str) -> &mut RedisServer {
+        match self {
+            Redis::Single(server) => server,
+            Redis::Cluster(cluster) => {
+                let node = cluster.node_for_key(&format!("cw:call:{{{call_id}}}")).unwrap();
+                &mut cluster.nodes[node]
+            }
+        }
+    }
+
+    /// Restarts a server killed through [`Redis::server_of`]; a cluster is then waited for
+    /// until every node reports `cluster_state:ok` again.
+    async fn restart(&mut self, port: u16) {
+        match self {
+            Redis::Single(server) => server.restart().await.unwrap(),
+            Redis::Cluster(cluster) => {
+                let node = cluster.nodes.iter_mut().find(|n| n.port() == port).unwrap();
+                node.restart().await.unwrap();
+                cluster.wait_ok().await.unwrap();
+            }
+        }
+    }
+}
+
 struct Fleet {
-    redis: RedisServer,
+    redis: Redis,
     workers: Vec<Worker>,
 }
 
 /// Settings every fleet worker shares: Redis, short leases, a quick reaper.
-fn fleet_options(name: &str, redis_url: &str, extra: &[(&str, &str)]) -> WorkerOptions {
+fn fleet_options(name: &str, redis: &Redis, extra: &[(&str, &str)]) -> WorkerOptions {
+    let (redis_url, redis_mode) = redis.store_settings();
     let mut options = WorkerOptions::named(name)
         .env("CALLWORKER_STORE__KIND", "redis")
-        .env("CALLWORKER_STORE__REDIS_URL", redis_url)
+        .env("CALLWORKER_STORE__REDIS_URL", &redis_url)
+        .env("CALLWORKER_STORE__REDIS_MODE", redis_mode)
         .env("CALLWORKER_CHECKPOINT__INTERVAL_MS", "200")
         .env("CALLWORKER_CHECKPOINT__LEASE_MS", "1500")
         .env("CALLWORKER_RESUME__REAPER_INTERVAL_MS", "200")
@@ -46,11 +135,20 @@ fn fleet_options(name: &str, redis_url: &str, extra: &[(&str, &str)]) -> WorkerO
 }
 
 impl Fleet {
+    /// A fleet on one redis-server.
     async fn start(name: &str, workers: usize, extra: &[(&str, &str)]) -> Fleet {
-        let redis = RedisServer::start().await.unwrap();
+        Fleet::start_on(Backend::Single, name, workers, extra).await
+    }
+
+    async fn start_on(backend: Backend, name: &str, workers: usize, extra: &[(&str, &str)]) -> Fleet {
+        let redis = Redis::start(backend).await;
+        let name = match backend {
+            Backend::Single => name.to_owned(),
+            Backend::Cluster => format!("{name}-cluster"),
+        };
         let mut started = Vec::new();
         for i in 0..workers {
-            let options = fleet_options(&format!("{name}-w{i}"), &redis.url(), extra);
+            let options = fleet_options(&format!("{name}-w{i}"), &redis, extra);
             started.push(Worker::start(options).await.unwrap());
         }
         Fleet { redis, workers: started }
@@ -135,12 +233,11 @@ async fn events_of(api: &ControlApi, call_id: &str) -> Vec<Value> {
 /// kill -9 of the worker that owns live native calls mid-audio: every call resumes on
 /// another worker, inbound sequence numbers stay continuous, and the recording is exactly
 /// the audio the client sent.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn native_calls_survive_kill_9_of_their_worker_with_no_audio_lost() {
+async fn native_calls_survive_kill_9_of_their_worker_with_no_audio_lost(backend: Backend) {
     const CALLS: usize = 8;
     const FRAMES_BEFORE: u64 = 40;
     const FRAMES_AFTER: u64 = 60;
-    let mut fleet = Fleet::start("kill9", 3, &[]).await;
+    let mut fleet = Fleet::start_on(backend, "kill9", 3, &[]).await;
     let api = fleet.api(0);
     let mut calls = Vec::new();
     for _ in 0..CALLS {
@@ -275,9 +372,8 @@ async fn twilio_calls_resume_through_the_stream_ended_twiml() {
 
 /// SIGSTOP the owner past its lease while the client moves to another worker, then
 /// SIGCONT: the old owner's next write is fenced, it stops driving the call and closes.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_owner_is_fenced_when_it_wakes_up() {
-    let fleet = Fleet::start("sigstop", 2, &[]).await;
+async fn a_paused_owner_is_fenced_when_it_wakes_up(backend: Backend) {
+    let fleet = Fleet::start_on(backend, "sigstop", 2, &[]).await;
     let created = create_recorded_echo(&fleet.api(0)).await;
     let (call, mut events) = connect(fleet.media_urls(0), &created).await;
     for seq in 1..=10 {
@@ -341,9 +437,8 @@ async fn a_paused_owner_is_fenced_when_it_wakes_up() {
 
 /// Two connections for one call at once: exactly one wins, the other is closed with 4409
 /// and does not come back (no ping-pong).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_connections_for_one_call_exactly_one_wins() {
-    let fleet = Fleet::start("dup", 2, &[]).await;
+async fn two_connections_for_one_call_exactly_one_wins(backend: Backend) {
+    let fleet = Fleet::start_on(backend, "dup", 2, &[]).await;
     let created = fleet.api(0).create_call(&json!({ "program": echo_program() })).await.unwrap();
     let a = ResilientCall::connect(
         fleet.media_urls(0),
@@ -381,9 +476,9 @@ async fn two_connections_for_one_call_exactly_one_wins() {
 /// A client that never returns: after the lease and the resume window the reaper ends the
 /// call with `resume_window_expired`, and nothing about it is left in the lease index. A
 /// call created and never connected goes the same way.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_never_returns_is_reaped() {
-    let fleet = Fleet::start("orphan", 2, &[("CALLWORKER_RESUME__RESUME_WINDOW_MS", "1000")]).await;
+async fn a_client_that_never_returns_is_reaped(backend: Backend) {
+    let fleet =
+        Fleet::start_on(backend, "orphan", 2, &[("CALLWORKER_RESUME__RESUME_WINDOW_MS", "1000")]).await;
     let api = fleet.api(0);
     let created = api.create_call(&json!({ "program": echo_program() })).await.unwrap();
     let never = api.create_call(&json!({ "program": echo_program() })).await.unwrap();
@@ -404,14 +499,14 @@ async fn a_client_that_never_returns_is_reaped() {
     assert!(index.trim().is_empty(), "the lease index is clean: {index:?}");
 }
 
-/// Runs `redis-cli` against the test's Redis; `value` (binary-safe) is passed on stdin as
-/// the last argument (`-x`).
-fn redis_cli(redis: &RedisServer, args: &[&str], value: Option<&[u8]>) -> String {
+/// Runs `redis-cli` against the test's Redis (`-c`: following a cluster's redirections);
+/// `value` (binary-safe) is passed on stdin as the last argument (`-x`).
+fn redis_cli(redis: &Redis, args: &[&str], value: Option<&[u8]>) -> String {
     use std::io::Write;
     use std::process::{Command, Stdio};
     let port = redis.port().to_string();
     let mut command = Command::new("redis-cli");
-    command.args(["-p", &port]);
+    command.args(["-c", "-p", &port]);
     if value.is_some() {
         command.arg("-x");
     }
@@ -429,11 +524,11 @@ fn redis_cli(redis: &RedisServer, args: &[&str], value: Option<&[u8]>) -> String
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Redis killed and restarted mid-call (AOF on): the call keeps running in memory, and
-/// checkpoints (acks) resume once Redis is back; the call can still fail over afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_ride_out_a_redis_restart() {
-    let mut fleet = Fleet::start("redisrestart", 2, &[]).await;
+/// Redis (on a cluster: the node holding the call) killed and restarted mid-call (AOF on):
+/// the call keeps running in memory, and checkpoints (acks) resume once Redis is back, on
+/// the same connection; the call can still fail over afterwards.
+async fn calls_ride_out_a_redis_restart(backend: Backend) {
+    let mut fleet = Fleet::start_on(backend, "redisrestart", 2, &[]).await;
     let created = create_recorded_echo(&fleet.api(0)).await;
     let (call, mut events) = connect(fleet.media_urls(0), &created).await;
     let mut seq = 0;
@@ -448,12 +543,14 @@ async fn calls_ride_out_a_redis_restart() {
     until(&mut events, WAIT, |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= 20)).await;
     // Let AOF's once-a-second fsync cover the last checkpoint before the crash.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    fleet.redis.kill();
+    let killed = fleet.redis.server_of(created.call_id());
+    killed.kill();
+    let killed = killed.port();
     send(&call, 25, &mut seq).await;
     // Echo still flows while Redis is down: the call lives in the worker's memory.
     let echoed = until(&mut events, WAIT, |e| matches!(e, CallEvent::Audio { seq, .. } if *seq >= 40)).await;
     assert!(!echoed.iter().any(|e| matches!(e, CallEvent::Disconnected { .. })), "the session stayed up");
-    fleet.redis.restart().await.unwrap();
+    fleet.redis.restart(killed).await;
     send(&call, 10, &mut seq).await;
     until(
         &mut events,
@@ -714,9 +811,8 @@ async fn a_hung_workers_twilio_call_is_rescued_through_the_rest_api() {
 
 /// SIGTERM: the worker detaches its calls with `migrate`, the client resumes on another
 /// worker, and the resume is recorded with cause `migrated_drain`; no audio is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_worker_hands_its_calls_to_another() {
-    let mut fleet = Fleet::start("drain", 2, &[]).await;
+async fn a_draining_worker_hands_its_calls_to_another(backend: Backend) {
+    let mut fleet = Fleet::start_on(backend, "drain", 2, &[]).await;
     let created = create_recorded_echo(&fleet.api(0)).await;
     let (call, mut events) = connect(fleet.media_urls(0), &created).await;
     let mut seq = 0;
@@ -799,3 +895,12 @@ async fn a_call_not_resumed_within_the_drain_timeout_ends_with_drain_timeout() {
     let view = wait_for_call(&api1, created.call_id(), |c| c["status"] == "ended").await;
     assert_eq!(view["end_reason"], "drain_timeout", "{view}");
 }
+
+on_both_backends!(
+    native_calls_survive_kill_9_of_their_worker_with_no_audio_lost,
+    a_paused_owner_is_fenced_when_it_wakes_up,
+    two_connections_for_one_call_exactly_one_wins,
+    a_client_that_never_returns_is_reaped,
+    a_draining_worker_hands_its_calls_to_another,
+    calls_ride_out_a_redis_restart,
+);

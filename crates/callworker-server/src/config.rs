@@ -7,11 +7,12 @@
 //! exits with code 64 before binding any socket (see `main.rs`).
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use callworker_call::{CallLimits, ProgramSpec, RecordingSettings, TenantId, WorkerId};
 use callworker_protocol::twilio;
+pub use callworker_store::redis_store::RedisMode;
 use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::Deserialize;
@@ -353,8 +354,13 @@ pub enum StoreConfig {
 
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS).
+    /// `redis://[user:password@]host:port[/db]` (or `rediss://` for TLS). In cluster mode, a
+    /// comma-separated list of seed nodes.
     pub url: String,
+    /// One server or a Redis Cluster.
+    pub mode: RedisMode,
+    /// For `rediss://`: the PEM CA file to trust instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every key, so fleets can share a Redis.
     pub namespace: String,
     /// Time allowed for an ordinary write (checkpoint, renew); past it the outcome is
@@ -514,6 +520,8 @@ struct RawStore {
     kind: String,
     memory_capacity: usize,
     redis_url: String,
+    redis_mode: String,
+    redis_ca_file: String,
     redis_namespace: String,
     redis_response_timeout_ms: u64,
     redis_takeover_timeout_ms: u64,
@@ -605,6 +613,52 @@ fn describe(e: figment::Error) -> ConfigError {
 
 fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Checks `store.redis_mode`, `store.redis_url` and `store.redis_ca_file` together: one URL
+/// for a standalone server, one or more seeds for a cluster; TLS on all seeds or none; a CA
+/// file only with TLS, and it must exist. Certificate checks cannot be turned off.
+fn redis_endpoint(mode: &str, url: &str, ca_file: &str) -> Result<(RedisMode, Option<PathBuf>), ConfigError> {
+    let mode = match mode {
+        "standalone" => RedisMode::Standalone,
+        "cluster" => RedisMode::Cluster,
+        other => {
+            return Err(invalid(format!("store.redis_mode {other:?} is not one of: standalone, cluster")));
+        }
+    };
+    let urls: Vec<&str> = url.split(',').map(str::trim).collect();
+    if mode == RedisMode::Standalone && urls.len() != 1 {
+        return Err(invalid("store.redis_url: several URLs are only for store.redis_mode = \"cluster\""));
+    }
+    let schemes: &[&str] = match mode {
+        RedisMode::Standalone => &["redis://", "rediss://", "unix://"],
+        RedisMode::Cluster => &["redis://", "rediss://"],
+    };
+    for u in &urls {
+        if !schemes.iter().any(|s| u.starts_with(s)) || u.len() <= "redis://".len() {
+            return Err(invalid(format!("store.redis_url: each URL must start with one of {schemes:?}")));
+        }
+        if u.contains("#insecure") {
+            return Err(invalid(
+                "store.redis_url: #insecure is refused; trust a private CA with store.redis_ca_file",
+            ));
+        }
+    }
+    let tls = urls.iter().filter(|u| u.starts_with("rediss://")).count();
+    if tls != 0 && tls != urls.len() {
+        return Err(invalid("store.redis_url: mixes rediss:// and redis:// seeds"));
+    }
+    let ca_file = match ca_file {
+        "" => None,
+        _ if tls == 0 => {
+            return Err(invalid("store.redis_ca_file is set but store.redis_url is not rediss://"));
+        }
+        path if !Path::new(path).is_file() => {
+            return Err(invalid(format!("store.redis_ca_file {path:?} is not a readable file")));
+        }
+        path => Some(PathBuf::from(path)),
+    };
+    Ok((mode, ca_file))
 }
 
 fn ms(field: &str, value: u64, min: u64, max: u64) -> Result<Duration, ConfigError> {
@@ -797,12 +851,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             recording_track_bytes_max,
         },
         "redis" => {
-            if st.redis_url.starts_with("rediss://") {
-                return Err(invalid("store.redis_url: TLS (rediss://) is not built into this worker yet"));
-            }
-            if !(st.redis_url.starts_with("redis://") || st.redis_url.starts_with("unix://")) {
-                return Err(invalid("store.redis_url must start with redis:// or unix://"));
-            }
+            let (mode, ca_file) = redis_endpoint(&st.redis_mode, &st.redis_url, &st.redis_ca_file)?;
             if st.redis_namespace.is_empty()
                 || !st.redis_namespace.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
@@ -810,6 +859,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
             StoreConfig::Redis(RedisConfig {
                 url: st.redis_url,
+                mode,
+                ca_file,
                 namespace: st.redis_namespace,
                 response_timeout: ms(
                     "store.redis_response_timeout_ms",
@@ -1013,6 +1064,58 @@ mod tests {
         for (key, value, needle) in cases {
             let err = load(&[(key, value)]).expect_err(key).to_string();
             assert!(err.contains(needle), "{key}={value}: {err}");
+            assert!(!err.contains('\n'), "error must be one line: {err}");
+        }
+    }
+
+    fn redis(vars: &[(&str, &str)]) -> Result<RedisConfig, ConfigError> {
+        let mut all = vec![("CALLWORKER_STORE__KIND", "redis")];
+        all.extend_from_slice(vars);
+        match load(&all)?.store {
+            StoreConfig::Redis(r) => Ok(r),
+            other => panic!("not redis: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn redis_cluster_and_tls_settings_are_checked_together() {
+        let cluster = redis(&[
+            ("CALLWORKER_STORE__REDIS_MODE", "cluster"),
+            ("CALLWORKER_STORE__REDIS_URL", "redis://a:7000, redis://b:7001"),
+        ])
+        .unwrap();
+        assert_eq!(cluster.mode, RedisMode::Cluster);
+        let ca = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let tls = redis(&[
+            ("CALLWORKER_STORE__REDIS_URL", "rediss://user:pw@redis.example:6380"),
+            ("CALLWORKER_STORE__REDIS_CA_FILE", ca),
+        ])
+        .unwrap();
+        assert_eq!((tls.mode, tls.ca_file.as_deref()), (RedisMode::Standalone, Some(Path::new(ca))));
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[("CALLWORKER_STORE__REDIS_MODE", "sentinel")], "store.redis_mode"),
+            (&[("CALLWORKER_STORE__REDIS_URL", "redis://a:1,redis://b:2")], "only for store.redis_mode"),
+            (&[("CALLWORKER_STORE__REDIS_URL", "http://a:1")], "store.redis_url"),
+            (
+                &[
+                    ("CALLWORKER_STORE__REDIS_MODE", "cluster"),
+                    ("CALLWORKER_STORE__REDIS_URL", "rediss://a:1,redis://b:2"),
+                ],
+                "mixes",
+            ),
+            (&[("CALLWORKER_STORE__REDIS_URL", "rediss://a:1/#insecure")], "#insecure"),
+            (&[("CALLWORKER_STORE__REDIS_CA_FILE", ca)], "not rediss://"),
+            (
+                &[
+                    ("CALLWORKER_STORE__REDIS_URL", "rediss://a:1"),
+                    ("CALLWORKER_STORE__REDIS_CA_FILE", "/no/such.pem"),
+                ],
+                "store.redis_ca_file",
+            ),
+        ];
+        for (vars, needle) in cases {
+            let err = redis(vars).expect_err(needle).to_string();
+            assert!(err.contains(needle), "{vars:?}: {err}");
             assert!(!err.contains('\n'), "error must be one line: {err}");
         }
     }

@@ -74,6 +74,8 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CallStore>> {
         StoreConfig::Redis(redis) => {
             let options = RedisStoreOptions {
                 url: redis.url.clone(),
+                mode: redis.mode,
+                tls_ca_file: redis.ca_file.clone(),
                 namespace: redis.namespace.clone(),
                 response_timeout: redis.response_timeout,
                 takeover_timeout: redis.takeover_timeout,
@@ -86,7 +88,7 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CallStore>> {
                 recording_track_bytes_max: redis.recording_track_bytes_max,
             };
             let store = RedisStore::connect(options).await.context("connect to Redis (store.redis_url)")?;
-            info!(namespace = %redis.namespace, "call store: Redis");
+            info!(namespace = %redis.namespace, mode = ?redis.mode, "call store: Redis");
             Arc::new(store)
         }
     })

@@ -10,8 +10,9 @@
 //! - [`CallStore`] and its request/response types (this file).
 //! - [`memory`]: [`memory::MemoryStore`], a bounded in-process implementation (single worker,
 //!   tests).
-//! - [`redis_store`]: [`redis_store::RedisStore`], the implementation shared by every worker:
-//!   one Lua script per fenced write (`lua/*.lua`), keys hash-tagged by call id.
+//! - [`redis_store`]: [`redis_store::RedisStore`], the implementation shared by every worker,
+//!   on one Redis server or a Redis Cluster, over TCP or TLS: one Lua script per fenced write
+//!   (`lua/*.lua`), keys hash-tagged by call id so each script runs on one slot.
 //! - [`contract`]: the behaviour every implementation must show, as a reusable test suite.
 //!
 //! Invariants (checked by [`contract`]):

@@ -50,19 +50,64 @@
 //! write may have been applied. Every script is idempotent on retry (checkpoint by `seq`,
 //! attach by [`AttemptId`], end and expire by epoch), so the caller retries as it is. Redis
 //! refusing a write for memory (`OOM`, with `maxmemory-policy noeviction`) is
-//! [`StoreError::Full`]. The [`ConnectionManager`] reconnects in the background after a
-//! dropped connection; the store itself is never rebuilt.
+//! [`StoreError::Full`]. The connection reconnects in the background after a dropped
+//! connection; the store itself is never rebuilt.
+//!
+//! # One server or a cluster
+//!
+//! [`RedisMode::Standalone`] talks to one server through a [`ConnectionManager`];
+//! [`RedisMode::Cluster`] to a Redis Cluster through the redis crate's cluster connection,
+//! which learns the slot map from the seed nodes (`CLUSTER SLOTS`), follows `MOVED` and `ASK`
+//! and reconnects to a restarted node. Both sit behind one private `Connection` that the
+//! rest of this file uses alike, so no command or script is written twice. Two rules keep
+//! the code valid on a cluster:
+//!
+//! - A script names every key it touches in `KEYS`, and all of them share one hash tag, so
+//!   `EVALSHA` is routed by its first key to the one node that holds them all (a test checks
+//!   the Lua source, and the contract suite runs on a real cluster, which would answer
+//!   `CROSSSLOT` otherwise).
+//! - A pipeline only ever holds commands on one slot (`{idx}` index maintenance, one call's
+//!   recording). Reads that visit many calls (`list`, the reaper's re-check) are sent as
+//!   concurrent single commands instead; on one server they are pipelined on the socket
+//!   all the same.
+//!
+//! Scripts are sent by `EVALSHA`. A node that answers `NOSCRIPT` (restarted, flushed, or
+//! new in the cluster) gets the same call once as `EVAL` with the script's text, routed by
+//! the same key, which also caches the script on that node: each node loads each script on
+//! demand, and no node's absence stops the others from loading theirs.
+//!
+//! # TLS
+//!
+//! `rediss://` URLs use rustls. The server's certificate is verified against the system's
+//! roots, or only against the PEM CA file of [`RedisStoreOptions::tls_ca_file`] for a
+//! private CA.
+//!
+//! # No `WAIT` after a takeover
+//!
+//! A takeover is not followed by `WAIT`. Without replicas it would return at once and prove
+//! nothing. With replicas, `WAIT` still does not make a write survive a failover (Redis
+//! replication is asynchronous, and a promoted replica may lack writes `WAIT` saw
+//! acknowledged), while it would add a replica round trip to every resume. Deployments with
+//! replicas bound the loss on the primary instead (`min-replicas-to-write`,
+//! `min-replicas-max-lag`; docs/operations.md), and a lost takeover is harmless: the
+//! epoch is then the older one, and the next takeover is a compare-and-set against it.
 
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use callworker_call::{CallId, EndReason, Epoch, TenantId, UnixMillis, WorkerId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{RedisError, Script, ScriptInvocation, Value};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisError, RedisFuture, RedisResult, ServerErrorKind,
+    TlsCertificates, ToRedisArgs, Value,
+};
 use tracing::warn;
 
 use crate::memory::RECORDING_TRACK_BYTES_MAX;
@@ -100,11 +145,37 @@ pub const WORKERS_MAX: usize = 10_000;
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
 
+/// The commands the store sends, directly or from its scripts: the least a Redis ACL user
+/// for callworker needs (docs/operations.md gives the full `ACL SETUSER` line; a test runs
+/// the store contract as a user with exactly these). `EVAL` is how a node that lacks a
+/// script gets it, so `SCRIPT` is not needed.
+pub const ACL_COMMANDS: &str = "+ping +time +eval +evalsha +exists +get +strlen +append +del +pexpire \
+     +hget +hmget +hgetall +hset +hincrby +hdel +zadd +zrem +zrange +zremrangebyscore";
+/// What a cluster user needs beyond [`ACL_COMMANDS`]: the client reads the slot map.
+pub const ACL_COMMANDS_CLUSTER: &str = "+cluster|slots";
+
+/// Whether [`RedisStoreOptions::url`] names one Redis server or a Redis Cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RedisMode {
+    /// One server (a primary, perhaps with replicas behind it): one URL.
+    #[default]
+    Standalone,
+    /// A Redis Cluster: one or more seed nodes, separated by commas; the others are found
+    /// from the cluster's slot map.
+    Cluster,
+}
+
 /// How to reach Redis and how long to keep things there.
 #[derive(Clone, PartialEq, Eq)]
 pub struct RedisStoreOptions {
-    /// `redis://[user:password@]host:port[/db]`.
+    /// `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. In
+    /// [`RedisMode::Cluster`], a comma-separated list of seed nodes (same credentials).
     pub url: String,
+    /// One server or a cluster.
+    pub mode: RedisMode,
+    /// For `rediss://`: a PEM file of the CA certificates to trust instead of the system's
+    /// roots (a private CA). `None`: the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
     /// Prefix of every key, so several deployments can share a Redis.
     pub namespace: String,
     /// Bound on checkpoints, renewals, ends and reads. Past it the answer is
@@ -126,6 +197,8 @@ impl Default for RedisStoreOptions {
     fn default() -> RedisStoreOptions {
         RedisStoreOptions {
             url: "redis://127.0.0.1:6379".to_owned(),
+            mode: RedisMode::Standalone,
+            tls_ca_file: None,
             namespace: DEFAULT_NAMESPACE.to_owned(),
             response_timeout: DEFAULT_RESPONSE_TIMEOUT,
             takeover_timeout: DEFAULT_TAKEOVER_TIMEOUT,
@@ -147,6 +220,8 @@ impl fmt::Debug for RedisStoreOptions {
     /// Leaves the URL out: it may carry a password.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreOptions")
+            .field("mode", &self.mode)
+            .field("tls_ca_file", &self.tls_ca_file)
             .field("namespace", &self.namespace)
             .field("response_timeout", &self.response_timeout)
             .field("takeover_timeout", &self.takeover_timeout)
@@ -157,32 +232,87 @@ impl fmt::Debug for RedisStoreOptions {
     }
 }
 
-/// The scripts, each prelude + body, sent by `EVALSHA` (loaded again on `NOSCRIPT`).
+/// One script: prelude + body, and its SHA1 for `EVALSHA`.
+struct LuaScript {
+    code: String,
+    hash: String,
+}
+
+impl LuaScript {
+    fn new(body: &str) -> LuaScript {
+        let code = format!("{PRELUDE}\n{body}");
+        let hash = redis::Script::new(&code).get_hash().to_owned();
+        LuaScript { code, hash }
+    }
+
+    fn prepare(&self) -> Invocation<'_> {
+        Invocation { script: self, keys: Vec::new(), args: Vec::new() }
+    }
+}
+
+/// A script call being built: its keys (`KEYS`) and arguments (`ARGV`).
+struct Invocation<'a> {
+    script: &'a LuaScript,
+    keys: Vec<Vec<u8>>,
+    args: Vec<Vec<u8>>,
+}
+
+impl Invocation<'_> {
+    fn key(&mut self, key: impl ToRedisArgs) -> &mut Self {
+        key.write_redis_args(&mut self.keys);
+        self
+    }
+
+    fn arg(&mut self, arg: impl ToRedisArgs) -> &mut Self {
+        arg.write_redis_args(&mut self.args);
+        self
+    }
+
+    /// `EVALSHA <sha> …`, or `EVAL <text> …` (which also caches the script on the node).
+    /// Both are routed by their first key on a cluster.
+    fn command(&self, verb: &str, script: &str) -> Cmd {
+        let mut cmd = redis::cmd(verb);
+        cmd.arg(script).arg(self.keys.len()).arg(&self.keys).arg(&self.args);
+        cmd
+    }
+
+    /// `EVALSHA`; on `NOSCRIPT` (the node lost or never had the script), `EVAL` once on the
+    /// same node.
+    async fn invoke<T: FromRedisValue>(&self, conn: &mut Connection) -> RedisResult<T> {
+        match self.command("EVALSHA", &self.script.hash).query_async(conn).await {
+            Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
+                self.command("EVAL", &self.script.code).query_async(conn).await
+            }
+            other => other,
+        }
+    }
+}
+
+/// The scripts, sent by `EVALSHA` (by `EVAL` where a node answers `NOSCRIPT`).
 struct Scripts {
-    create: Script,
-    attach: Script,
-    checkpoint: Script,
-    renew: Script,
-    end: Script,
-    expire: Script,
-    scan_leases: Script,
-    heartbeat: Script,
-    workers: Script,
+    create: LuaScript,
+    attach: LuaScript,
+    checkpoint: LuaScript,
+    renew: LuaScript,
+    end: LuaScript,
+    expire: LuaScript,
+    scan_leases: LuaScript,
+    heartbeat: LuaScript,
+    workers: LuaScript,
 }
 
 impl Scripts {
     fn load() -> Scripts {
-        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
         Scripts {
-            create: with_prelude(include_str!("../lua/create.lua")),
-            attach: with_prelude(include_str!("../lua/attach.lua")),
-            checkpoint: with_prelude(include_str!("../lua/checkpoint.lua")),
-            renew: with_prelude(include_str!("../lua/renew.lua")),
-            end: with_prelude(include_str!("../lua/end.lua")),
-            expire: with_prelude(include_str!("../lua/expire.lua")),
-            scan_leases: with_prelude(include_str!("../lua/scan_leases.lua")),
-            heartbeat: with_prelude(include_str!("../lua/heartbeat.lua")),
-            workers: with_prelude(include_str!("../lua/workers.lua")),
+            create: LuaScript::new(include_str!("../lua/create.lua")),
+            attach: LuaScript::new(include_str!("../lua/attach.lua")),
+            checkpoint: LuaScript::new(include_str!("../lua/checkpoint.lua")),
+            renew: LuaScript::new(include_str!("../lua/renew.lua")),
+            end: LuaScript::new(include_str!("../lua/end.lua")),
+            expire: LuaScript::new(include_str!("../lua/expire.lua")),
+            scan_leases: LuaScript::new(include_str!("../lua/scan_leases.lua")),
+            heartbeat: LuaScript::new(include_str!("../lua/heartbeat.lua")),
+            workers: LuaScript::new(include_str!("../lua/workers.lua")),
         }
     }
 }
@@ -245,12 +375,50 @@ fn parse_calls_member(member: &str) -> Option<CallId> {
     CallId::parse(id).ok()
 }
 
-/// A [`CallStore`] on one Redis server (see the module docs).
+/// The connection to one server or to a cluster; everything else in this file is written
+/// once against it.
+#[derive(Clone)]
+enum Connection {
+    /// Reconnects in the background after a dropped connection.
+    Standalone(ConnectionManager),
+    /// One multiplexed connection per node, reconnected as needed; follows the slot map.
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_command(cmd),
+            Connection::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Connection::Standalone(c) => c.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Standalone(c) => c.get_db(),
+            Connection::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// A [`CallStore`] on one Redis server or a Redis Cluster (see the module docs).
 #[derive(Clone)]
 pub struct RedisStore {
-    /// One multiplexed connection for every call of the worker (clones share it), so
-    /// concurrent calls' commands are pipelined on one socket.
-    conn: ConnectionManager,
+    /// One multiplexed connection (per node) for every call of the worker (clones share
+    /// it), so concurrent calls' commands are pipelined on one socket.
+    conn: Connection,
     keys: Keys,
     options: RedisStoreOptions,
     scripts: std::sync::Arc<Scripts>,
@@ -419,9 +587,78 @@ fn record_from_fields(id: &CallId, mut fields: HashMap<String, Vec<u8>>) -> Resu
     })
 }
 
+/// The seed URLs of `options.url`: exactly one for a standalone server.
+fn seed_urls(options: &RedisStoreOptions) -> Result<Vec<&str>, StoreError> {
+    let urls: Vec<&str> = options.url.split(',').map(str::trim).filter(|u| !u.is_empty()).collect();
+    match (options.mode, urls.len()) {
+        (_, 0) => Err(StoreError::Invalid("redis url: none given".into())),
+        (RedisMode::Standalone, n) if n > 1 => {
+            Err(StoreError::Invalid("redis url: several URLs are only for cluster mode".into()))
+        }
+        _ => Ok(urls),
+    }
+}
+
+/// The private CA to trust for `rediss://`, read from `tls_ca_file`.
+fn tls_certificates(options: &RedisStoreOptions) -> Result<Option<TlsCertificates>, StoreError> {
+    let Some(path) = &options.tls_ca_file else { return Ok(None) };
+    let pem = std::fs::read(path)
+        .map_err(|e| StoreError::Invalid(format!("redis CA file {}: {e}", path.display())))?;
+    Ok(Some(TlsCertificates { client_tls: None, root_cert: Some(pem) }))
+}
+
+/// Opens the connection `options` describe (one server or a cluster).
+async fn open(options: &RedisStoreOptions) -> Result<Connection, StoreError> {
+    let urls = seed_urls(options)?;
+    let certificates = tls_certificates(options)?;
+    if urls.iter().any(|u| u.starts_with("rediss://")) {
+        // rustls is built with ring only; make it the process default explicitly (an error
+        // only means a provider is already installed).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    let bad_url = |e: RedisError| StoreError::Invalid(format!("redis url: {e}"));
+    match options.mode {
+        RedisMode::Standalone => {
+            let url = urls[0];
+            let client = match certificates {
+                Some(certs) => redis::Client::build_with_tls(url, certs),
+                None => redis::Client::open(url),
+            }
+            .map_err(bad_url)?;
+            // The crate's own response timeout is only a backstop (each operation is bounded
+            // by ours); reconnects back off from 50 ms to at most 1 s so a restarted Redis is
+            // found again quickly.
+            let config = ConnectionManagerConfig::new()
+                .set_response_timeout(Some(options.takeover_timeout))
+                .set_connection_timeout(Some(options.takeover_timeout))
+                .set_min_delay(Duration::from_millis(50))
+                .set_max_delay(Duration::from_secs(1))
+                .set_number_of_retries(6);
+            let conn = ConnectionManager::new_with_config(client, config).await.map_err(store_error)?;
+            Ok(Connection::Standalone(conn))
+        }
+        RedisMode::Cluster => {
+            // The same backstops per node; a request that meets a moved slot or a dropped
+            // node is retried (after a topology refresh) within our own bound.
+            let mut builder = ClusterClientBuilder::new(urls)
+                .connection_timeout(options.takeover_timeout)
+                .response_timeout(options.takeover_timeout)
+                .min_retry_wait(50)
+                .max_retry_wait(1_000);
+            if let Some(certs) = certificates {
+                builder = builder.certs(certs);
+            }
+            let client = builder.build().map_err(bad_url)?;
+            let conn = client.get_async_connection().await.map_err(store_error)?;
+            Ok(Connection::Cluster(conn))
+        }
+    }
+}
+
 impl RedisStore {
     /// Connects (failing fast with [`StoreError::Unavailable`] if Redis does not answer a
-    /// `PING` within `takeover_timeout`) and returns the store.
+    /// `PING` within `takeover_timeout`; on a cluster, every primary must answer) and
+    /// returns the store.
     pub async fn connect(options: RedisStoreOptions) -> Result<RedisStore, StoreError> {
         if options.namespace.is_empty() || options.namespace.contains(['{', '}']) {
             return Err(StoreError::Invalid("namespace must be non-empty and free of '{' and '}'".into()));
@@ -436,22 +673,12 @@ impl RedisStore {
                 return Err(StoreError::Invalid(format!("{name} must be at least 1 ms")));
             }
         }
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| StoreError::Invalid(format!("redis url: {e}")))?;
-        // The crate's own response timeout is only a backstop (each operation is bounded by
-        // ours); reconnects back off from 50 ms to at most 1 s so a restarted Redis is
-        // found again quickly.
-        let config = ConnectionManagerConfig::new()
-            .set_response_timeout(Some(options.takeover_timeout))
-            .set_connection_timeout(Some(options.takeover_timeout))
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_secs(1))
-            .set_number_of_retries(6);
-        let limit = options.takeover_timeout;
-        let conn = match tokio::time::timeout(limit, ConnectionManager::new_with_config(client, config)).await
-        {
-            Ok(conn) => conn.map_err(store_error)?,
-            Err(_) => return Err(StoreError::Unavailable(format!("redis: no connection within {limit:?}"))),
+        let conn = match tokio::time::timeout(options.takeover_timeout, open(&options)).await {
+            Ok(conn) => conn?,
+            Err(_) => {
+                let limit = options.takeover_timeout;
+                return Err(StoreError::Unavailable(format!("redis: no connection within {limit:?}")));
+            }
         };
         let store = RedisStore {
             conn,
@@ -557,19 +784,30 @@ impl RedisStore {
     async fn run(
         &self,
         what: &'static str,
-        invocation: ScriptInvocation<'_>,
+        invocation: Invocation<'_>,
         limit: Duration,
     ) -> Result<Reply, StoreError> {
         let mut conn = self.conn.clone();
         let value = self
-            .bounded(limit, async { invocation.invoke_async::<Value>(&mut conn).await.map_err(store_error) })
+            .bounded(limit, async { invocation.invoke::<Value>(&mut conn).await.map_err(store_error) })
             .await?;
         Reply::new(what, value)
     }
 
+    /// Runs one command per call, concurrently, in order of `commands`. Each call's keys
+    /// live in their own slot, so a cluster cannot take these as one pipeline; on one
+    /// server they share the socket and are pipelined all the same.
+    async fn query_each<T: FromRedisValue>(&self, commands: Vec<Cmd>) -> Result<Vec<T>, StoreError> {
+        let replies = commands.into_iter().map(|cmd| {
+            let mut conn = self.conn.clone();
+            async move { cmd.query_async::<T>(&mut conn).await.map_err(store_error) }
+        });
+        futures_util::future::try_join_all(replies).await
+    }
+
     /// A call script's invocation with the call's three keys.
-    fn invocation<'a>(&self, script: &'a Script, call_id: &CallId) -> ScriptInvocation<'a> {
-        let mut invocation = script.prepare_invoke();
+    fn invocation<'a>(&self, script: &'a LuaScript, call_id: &CallId) -> Invocation<'a> {
+        let mut invocation = script.prepare();
         for key in self.keys.call_keys(call_id) {
             invocation.key(key);
         }
@@ -622,12 +860,16 @@ impl RedisStore {
             return Ok(Vec::new());
         }
         let mut conn = self.conn.clone();
-        let mut read = redis::pipe();
-        for id in ids {
-            read.cmd("HMGET").arg(self.keys.call(id)).arg(&["status", "epoch", "lease_until", "created"]);
-        }
+        let reads = ids
+            .iter()
+            .map(|id| {
+                let mut read = redis::cmd("HMGET");
+                read.arg(self.keys.call(id)).arg(&["status", "epoch", "lease_until", "created"]);
+                read
+            })
+            .collect();
         type Fields = (Option<String>, Option<u64>, Option<u64>, Option<u64>);
-        let rows: Vec<Fields> = read.query_async(&mut conn).await.map_err(store_error)?;
+        let rows: Vec<Fields> = self.query_each(reads).await?;
         let mut fix = redis::pipe();
         let mut fixes = 0;
         let mut found = Vec::new();
@@ -875,14 +1117,21 @@ impl CallStore for RedisStore {
                 let Some(last) = members.last() else { break None };
                 start = format!("({last}");
                 let ids: Vec<Option<CallId>> = members.iter().map(|m| parse_calls_member(m)).collect();
-                let mut read = redis::pipe();
-                for id in &ids {
-                    // A foreign member reads an empty hash and is pruned like an expired call.
-                    let key = id.as_ref().map(|id| self.keys.call(id)).unwrap_or_default();
-                    read.cmd("HGETALL").arg(key);
-                }
-                let rows: Vec<HashMap<String, Vec<u8>>> =
-                    read.query_async(&mut conn).await.map_err(store_error)?;
+                let reads = ids
+                    .iter()
+                    .map(|id| {
+                        // A foreign member reads an empty hash (a key in the index's own slot,
+                        // where nothing else lives) and is pruned like an expired call.
+                        let key = match id {
+                            Some(id) => self.keys.call(id),
+                            None => format!("{}:{{idx}}:none", self.keys.namespace),
+                        };
+                        let mut read = redis::cmd("HGETALL");
+                        read.arg(key);
+                        read
+                    })
+                    .collect();
+                let rows: Vec<HashMap<String, Vec<u8>>> = self.query_each(reads).await?;
                 for ((member, id), fields) in members.iter().zip(ids).zip(rows) {
                     let Some(id) = id.filter(|_| !fields.is_empty()) else {
                         gone.push(member.clone());
@@ -975,10 +1224,10 @@ impl CallStore for RedisStore {
                 // Candidates already returned stay in the index; skip past them. Corrected
                 // and dropped ones have left the range.
                 let want = limit - found.len();
-                let mut invocation = self.scripts.scan_leases.prepare_invoke();
+                let mut invocation = self.scripts.scan_leases.prepare();
                 invocation.key(&self.keys.leases).arg(overdue_ms).arg(found.len()).arg(want);
                 let mut conn = self.conn.clone();
-                let value: Value = invocation.invoke_async(&mut conn).await.map_err(store_error)?;
+                let value: Value = invocation.invoke(&mut conn).await.map_err(store_error)?;
                 let reply = Reply::new("scan_leases", value)?;
                 let now = reply.u64(0)?;
                 let Some(Value::Array(pairs)) = reply.items.get(1) else {
@@ -1050,7 +1299,7 @@ impl CallStore for RedisStore {
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
         let info = serde_json::to_string(worker)
             .map_err(|e| StoreError::Invalid(format!("worker info does not encode: {e}")))?;
-        let mut invocation = self.scripts.heartbeat.prepare_invoke();
+        let mut invocation = self.scripts.heartbeat.prepare();
         invocation
             .key(&self.keys.workers)
             .key(self.keys.worker(worker.worker_id.as_str()))
@@ -1059,7 +1308,7 @@ impl CallStore for RedisStore {
             .arg(millis(ttl).max(1));
         let mut conn = self.conn.clone();
         self.bounded(self.options.response_timeout, async {
-            invocation.invoke_async::<i64>(&mut conn).await.map_err(store_error)
+            invocation.invoke::<i64>(&mut conn).await.map_err(store_error)
         })
         .await?;
         Ok(())
@@ -1068,9 +1317,9 @@ impl CallStore for RedisStore {
     async fn workers(&self) -> Result<Vec<WorkerInfo>, StoreError> {
         let mut conn = self.conn.clone();
         self.bounded(self.options.response_timeout, async {
-            let mut invocation = self.scripts.workers.prepare_invoke();
+            let mut invocation = self.scripts.workers.prepare();
             invocation.key(&self.keys.workers).arg(WORKERS_MAX);
-            let ids: Vec<String> = invocation.invoke_async(&mut conn).await.map_err(store_error)?;
+            let ids: Vec<String> = invocation.invoke(&mut conn).await.map_err(store_error)?;
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
@@ -1114,6 +1363,53 @@ impl CallStore for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const SCRIPTS: [(&str, &str); 10] = [
+        ("prelude", PRELUDE),
+        ("create", include_str!("../lua/create.lua")),
+        ("attach", include_str!("../lua/attach.lua")),
+        ("checkpoint", include_str!("../lua/checkpoint.lua")),
+        ("renew", include_str!("../lua/renew.lua")),
+        ("end", include_str!("../lua/end.lua")),
+        ("expire", include_str!("../lua/expire.lua")),
+        ("scan_leases", include_str!("../lua/scan_leases.lua")),
+        ("heartbeat", include_str!("../lua/heartbeat.lua")),
+        ("workers", include_str!("../lua/workers.lua")),
+    ];
+
+    /// Every `redis.call` in a script names its key as `KEYS[n]` (the prelude's helpers take
+    /// `key`, which their callers pass from `KEYS`), never a name built in Lua: a key the
+    /// script does not declare could live in another slot of a cluster. `TIME` has no key.
+    #[test]
+    fn every_script_touches_only_its_declared_keys() {
+        for (name, code) in SCRIPTS {
+            for call in code.split("redis.call(").skip(1) {
+                // The command is the first (quoted) argument, the key the second.
+                let command = call.split('\'').nth(1).unwrap_or_default();
+                if command == "TIME" {
+                    continue;
+                }
+                let key = call.split([',', ')']).nth(1).unwrap_or_default().trim();
+                let declared = key.starts_with("KEYS[") || (name == "prelude" && key == "key");
+                assert!(declared, "{name}.lua: {command} on {key:?}, not a KEYS entry");
+                let command = command.to_ascii_lowercase();
+                assert!(
+                    ACL_COMMANDS.split_whitespace().any(|c| c == format!("+{command}")),
+                    "{name}.lua: {command} missing from ACL_COMMANDS"
+                );
+            }
+        }
+    }
+
+    /// The ACL line operators copy is the one the tests prove sufficient.
+    #[test]
+    fn the_documented_acl_line_has_exactly_these_commands() {
+        let docs = include_str!("../../../docs/operations.md");
+        let line = docs.lines().find(|l| l.starts_with("ACL SETUSER callworker ")).expect("the ACL line");
+        let documented: Vec<&str> = line.split_whitespace().filter(|w| w.starts_with('+')).collect();
+        assert_eq!(documented, ACL_COMMANDS.split_whitespace().collect::<Vec<_>>(), "{line}");
+        assert!(docs.contains(ACL_COMMANDS_CLUSTER));
+    }
 
     #[test]
     fn every_key_of_a_call_carries_its_hash_tag() {

@@ -364,3 +364,96 @@ async fn a_checkpoint_costs_about_one_command() {
         "{inside_per_checkpoint:.2} commands inside each checkpoint script"
     );
 }
+
+/// The whole contract as a least-privilege ACL user: the default user is off, and the
+/// `callworker` user may run only [`ACL_COMMANDS`](callworker_store::redis_store::ACL_COMMANDS)
+/// on the keys of its namespace. So that list is enough, and the store touches no key
+/// outside `<namespace>:*`; the user really is confined (the negative checks at the end).
+#[tokio::test]
+async fn redis_store_meets_the_contract_as_a_least_privilege_acl_user() {
+    use callworker_store::redis_store::ACL_COMMANDS;
+    let mut args = vec!["--user", "default", "off", "--user", "admin", "on", ">admin-pw", "~*", "+@all"];
+    args.extend([
+        "--user",
+        "callworker",
+        "on",
+        ">s3cret-pw",
+        "resetkeys",
+        "~acl:*",
+        "resetchannels",
+        "-@all",
+    ]);
+    args.extend(ACL_COMMANDS.split_whitespace());
+    let server = RedisServer::start_with(&args).await.unwrap();
+    let url = format!("redis://callworker:s3cret-pw@127.0.0.1:{}", server.port());
+    let options = || RedisStoreOptions {
+        namespace: "acl".to_owned(),
+        recording_track_bytes_max: contract::RECORDING_TRACK_BYTES_MAX,
+        ..RedisStoreOptions::with_url(&url)
+    };
+    contract::run_all(|| async { RedisStore::connect(options()).await.unwrap() }).await;
+    // Nothing was refused, not even a best-effort command whose failure is only logged.
+    let admin = format!("redis://admin:admin-pw@127.0.0.1:{}", server.port());
+    let mut admin = redis::Client::open(admin).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let denied: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query_async(&mut admin).await.unwrap();
+    assert!(denied.is_empty(), "ACL LOG: {denied:?}");
+
+    // The same user outside its namespace, or running anything else, is refused.
+    let outside = RedisStore::connect(RedisStoreOptions { namespace: "other".to_owned(), ..options() }).await;
+    let outside = outside.unwrap();
+    let refused = outside.get(&id("c-1")).await;
+    assert!(
+        matches!(&refused, Err(StoreError::Unavailable(e)) if e.contains("no permissions")),
+        "{refused:?}"
+    );
+    let mut conn =
+        redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let flush = redis::cmd("FLUSHALL").query_async::<()>(&mut conn).await;
+    assert!(flush.is_err_and(|e| e.to_string().contains("no permissions")));
+    let anonymous = RedisStore::connect(RedisStoreOptions::with_url(&server.url())).await;
+    assert!(anonymous.is_err(), "the default user is off");
+    let denied: Vec<redis::Value> = redis::cmd("ACL").arg("LOG").query_async(&mut admin).await.unwrap();
+    assert!(denied.len() >= 2, "the ACL LOG does record refusals: {denied:?}");
+}
+
+/// `rediss://` against a redis-server that speaks only TLS, with a certificate from a CA
+/// made for this test: trusted through `tls_ca_file`, the store meets the contract; without
+/// it (the system's roots), the certificate is refused.
+#[tokio::test]
+async fn redis_store_meets_the_contract_over_tls_with_a_private_ca() {
+    let dir = callworker_testkit::workspace_root()
+        .join(format!("target/test-logs/tls-store-{}", std::process::id()));
+    let tls = callworker_testkit::TlsFiles::generate(&dir).unwrap();
+    let server = match callworker_testkit::RedisServer::start_tls(&tls, &[]).await {
+        Ok(server) => server,
+        Err(e) if !redis_server_has_tls() => {
+            eprintln!("SKIPPED: this redis-server was built without TLS (BUILD_TLS=no): {e:#}");
+            return;
+        }
+        Err(e) => panic!("start a TLS redis-server: {e:#}"),
+    };
+    assert!(server.url().starts_with("rediss://"));
+    let options = || RedisStoreOptions { tls_ca_file: Some(tls.ca_cert.clone()), ..options(&server) };
+    contract::run_all(|| async { RedisStore::connect(options()).await.unwrap() }).await;
+
+    let untrusted = RedisStore::connect(RedisStoreOptions { tls_ca_file: None, ..options() }).await;
+    let error = untrusted.expect_err("a certificate from an unknown CA is refused");
+    assert!(matches!(error, StoreError::Unavailable(_)), "{error:?}");
+    let missing =
+        RedisStore::connect(RedisStoreOptions { tls_ca_file: Some(dir.join("no-such-ca.pem")), ..options() })
+            .await;
+    assert!(matches!(missing, Err(StoreError::Invalid(_))), "{missing:?}");
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether the installed redis-server was built with TLS: such a build links libssl
+/// (Debian's does, `BUILD_TLS=yes`). Consulted only when a TLS server failed to start.
+fn redis_server_has_tls() -> bool {
+    let path = std::process::Command::new("sh").args(["-c", "command -v redis-server"]).output();
+    let Some(path) = path.ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()) else {
+        return false;
+    };
+    let ldd = std::process::Command::new("ldd").arg(path).output();
+    ldd.is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("libssl"))
+}

@@ -1,9 +1,10 @@
 //! Test support: start real callworker processes and redis-server (and, later, haproxy) on
 //! free loopback ports, and stop them by PID. Used only as a dev-dependency.
 //!
-//! Every process started here is owned by a guard ([`Worker`], [`RedisServer`]) whose
-//! `Drop` kills it (SIGKILL) and reaps it, so a failing or panicking test leaves nothing
-//! running. Logs go to `target/test-logs/`, and their path is printed when a process fails
+//! Every process started here is owned by a guard ([`Worker`], [`RedisServer`],
+//! [`RedisCluster`]) whose `Drop` kills it (SIGKILL) and reaps it, so a failing or panicking
+//! test leaves nothing running. [`TlsFiles`] makes a throwaway CA and server certificate
+//! (with the `openssl` CLI) for a Redis that speaks only TLS. Logs go to `target/test-logs/`, and their path is printed when a process fails
 //! to start.
 
 use std::fs::File;
@@ -293,6 +294,8 @@ pub struct RedisServer {
     log_path: PathBuf,
     /// Extra `--name value` arguments given at start, kept for `restart`.
     extra_args: Vec<String>,
+    /// Set when the server speaks only TLS (`--port 0 --tls-port <port>`).
+    tls: Option<TlsFiles>,
 }
 
 impl RedisServer {
@@ -302,9 +305,19 @@ impl RedisServer {
     }
 
     /// Like [`RedisServer::start`], with extra config arguments (e.g. `["--maxmemory",
-    /// "2mb"]`).
+    /// "2mb"]`, or an ACL: `["--user", "default off", "--user", "app on >pw ~* +get"]`). A
+    /// server whose default user is off counts as started when it answers `NOAUTH`.
     pub async fn start_with(extra_args: &[&str]) -> anyhow::Result<RedisServer> {
-        let port = free_port();
+        RedisServer::start_on(free_port(), extra_args, None).await
+    }
+
+    /// A redis-server that speaks only TLS (no plain port), with the server certificate of
+    /// `tls`; clients are not asked for certificates. [`RedisServer::url`] is `rediss://`.
+    pub async fn start_tls(tls: &TlsFiles, extra_args: &[&str]) -> anyhow::Result<RedisServer> {
+        RedisServer::start_on(free_port(), extra_args, Some(tls.clone())).await
+    }
+
+    async fn start_on(port: u16, extra_args: &[&str], tls: Option<TlsFiles>) -> anyhow::Result<RedisServer> {
         let dir = logs_dir().join(format!("redis-{port}-{}", std::process::id()));
         // A leftover from an earlier run would be replayed: start empty.
         let _ = std::fs::remove_dir_all(&dir);
@@ -316,6 +329,7 @@ impl RedisServer {
             dir,
             log_path,
             extra_args: extra_args.iter().map(|a| (*a).to_owned()).collect(),
+            tls,
         };
         server.spawn().await?;
         Ok(server)
@@ -328,8 +342,20 @@ impl RedisServer {
             .append(true)
             .open(&self.log_path)
             .with_context(|| format!("open {}", self.log_path.display()))?;
-        let child = Command::new(&bin)
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+        let mut command = Command::new(&bin);
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some(tls) => command
+                .args(["--port", "0", "--tls-port", &self.port.to_string(), "--tls-auth-clients", "no"])
+                .arg("--tls-cert-file")
+                .arg(&tls.server_cert)
+                .arg("--tls-key-file")
+                .arg(&tls.server_key)
+                .arg("--tls-ca-cert-file")
+                .arg(&tls.ca_cert),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(["--appendonly", "yes", "--appendfsync", "everysec"])
             .arg("--dir")
             .arg(&self.dir)
@@ -356,7 +382,13 @@ impl RedisServer {
                 );
             }
             let port = self.port;
-            let pong = tokio::task::spawn_blocking(move || ping(port)).await.unwrap_or(false);
+            let tls = self.tls.clone();
+            let pong = tokio::task::spawn_blocking(move || match tls {
+                None => ping(port),
+                Some(tls) => ping_tls(port, &tls),
+            })
+            .await
+            .unwrap_or(false);
             if pong {
                 return Ok(());
             }
@@ -371,9 +403,10 @@ impl RedisServer {
         }
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>` (`rediss://` for a TLS server).
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {
@@ -445,7 +478,8 @@ impl Drop for RedisServer {
     }
 }
 
-/// Whether a Redis on `port` answers `PING` (blocking, bounded by short timeouts).
+/// Whether a Redis on `port` answers `PING` (blocking, bounded by short timeouts): `PONG`,
+/// or `NOAUTH` from a server whose default user is off (it is up, and wants a login).
 fn ping(port: u16) -> bool {
     let attempt = || -> std::io::Result<bool> {
         let timeout = Duration::from_millis(200);
@@ -456,9 +490,231 @@ fn ping(port: u16) -> bool {
         stream.write_all(b"PING\r\n")?;
         let mut reply = [0u8; 7];
         stream.read_exact(&mut reply)?;
-        Ok(&reply == b"+PONG\r\n")
+        Ok(&reply == b"+PONG\r\n" || &reply == b"-NOAUTH")
     };
     attempt().unwrap_or(false)
+}
+
+/// [`ping`] over TLS, through `redis-cli --tls` (blocking, bounded by its own timeout).
+fn ping_tls(port: u16, tls: &TlsFiles) -> bool {
+    let output = Command::new("redis-cli")
+        .args(["--tls", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .arg("--cacert")
+        .arg(&tls.ca_cert)
+        .arg("PING")
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output();
+    output.is_ok_and(|o| {
+        let text = String::from_utf8_lossy(&o.stdout);
+        text.trim() == "PONG" || text.starts_with("NOAUTH")
+    })
+}
+
+/// Runs `redis-cli -p <port> <args>` (blocking) and returns its output; fails if redis-cli
+/// cannot run or exits non-zero.
+pub fn redis_cli(port: u16, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("redis-cli")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .context("run redis-cli (apt-get install -y redis-tools)")?;
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    if !output.status.success() {
+        bail!("redis-cli {args:?} failed ({}): {text}", output.status);
+    }
+    Ok(text)
+}
+
+/// A throwaway CA and a server certificate it signed, for `127.0.0.1` and `localhost`,
+/// made with the `openssl` CLI in a directory of the caller's choosing (PEM files).
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub ca_cert: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+}
+
+impl TlsFiles {
+    /// Generates the CA (`ca.crt`) and the server's key and certificate (`server.key`,
+    /// `server.crt`) in `dir`, valid for two days. P-256 keys, so generation is quick.
+    pub fn generate(dir: &Path) -> anyhow::Result<TlsFiles> {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+        let openssl = |args: &[&str]| -> anyhow::Result<()> {
+            let output = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .stdin(Stdio::null())
+                .output()
+                .context("run openssl (apt-get install -y openssl)")?;
+            if !output.status.success() {
+                bail!("openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            Ok(())
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509", "-days", "2", "-subj", "/CN=callworker test CA"][..],
+                &ec,
+                &[
+                    "-keyout",
+                    "ca.key",
+                    "-out",
+                    "ca.crt",
+                    "-addext",
+                    "basicConstraints=critical,CA:TRUE",
+                    "-addext",
+                    "keyUsage=critical,keyCertSign,cRLSign",
+                ],
+            ]
+            .concat(),
+        )?;
+        openssl(
+            &[
+                &["req", "-new", "-subj", "/CN=localhost"][..],
+                &ec,
+                &["-keyout", "server.key", "-out", "server.csr"],
+            ]
+            .concat(),
+        )?;
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n",
+        )?;
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.crt",
+        ])?;
+        Ok(TlsFiles {
+            ca_cert: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+        })
+    }
+}
+
+/// How long a new cluster may take to agree on its slots (`cluster_state:ok` everywhere).
+pub const CLUSTER_READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A free loopback port whose cluster bus port (port + 10000) is free too.
+fn free_cluster_port() -> u16 {
+    for _ in 0..1_000 {
+        let port = free_port();
+        if port <= u16::MAX - 10_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port with a free cluster bus port after 1000 tries");
+}
+
+/// A local Redis Cluster of primaries (no replicas), each a [`RedisServer`] with
+/// `cluster-enabled yes`, AOF on and `noeviction`, on a free port whose bus port
+/// (+10000) is free too; the slots are spread by `redis-cli --cluster create`. Each node
+/// can be killed, restarted (it rejoins from its `nodes.conf` and AOF) or stalled like a
+/// [`RedisServer`]; all are killed on drop.
+#[derive(Debug)]
+pub struct RedisCluster {
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `primaries` nodes (at least 3, as Redis requires), creates the cluster and
+    /// waits until every node reports `cluster_state:ok`.
+    pub async fn start(primaries: usize) -> anyhow::Result<RedisCluster> {
+        if primaries < 3 {
+            bail!("a Redis Cluster needs at least 3 primaries");
+        }
+        let mut nodes = Vec::with_capacity(primaries);
+        for _ in 0..primaries {
+            let args = [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "2000",
+            ];
+            nodes.push(RedisServer::start_on(free_cluster_port(), &args, None).await?);
+        }
+        let cluster = RedisCluster { nodes };
+        let addresses: Vec<String> =
+            cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())).collect();
+        let mut args = vec!["--cluster", "create"];
+        args.extend(addresses.iter().map(String::as_str));
+        args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+        let port = cluster.nodes[0].port();
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            redis_cli(port, &args)
+        })
+        .await
+        .context("join redis-cli")?
+        .context("redis-cli --cluster create")?;
+        cluster.wait_ok().await?;
+        Ok(cluster)
+    }
+
+    /// The seed URLs of every node, comma-separated (`store.redis_url` in cluster mode).
+    pub fn seed_urls(&self) -> String {
+        self.nodes.iter().map(RedisServer::url).collect::<Vec<_>>().join(",")
+    }
+
+    /// Waits (bounded by [`CLUSTER_READY_TIMEOUT`]) until every node reports
+    /// `cluster_state:ok` with all 16384 slots served, e.g. after a node restarted.
+    pub async fn wait_ok(&self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + CLUSTER_READY_TIMEOUT;
+        let ports: Vec<u16> = self.nodes.iter().map(RedisServer::port).collect();
+        loop {
+            let ports = ports.clone();
+            let states = tokio::task::spawn_blocking(move || {
+                ports
+                    .iter()
+                    .map(|p| redis_cli(*p, &["CLUSTER", "INFO"]).unwrap_or_default())
+                    .collect::<Vec<_>>()
+            })
+            .await
+            .context("join redis-cli")?;
+            let ok =
+                states.iter().all(|s| s.contains("cluster_state:ok") && s.contains("cluster_slots_ok:16384"));
+            if ok {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("cluster not ok after {CLUSTER_READY_TIMEOUT:?}: {states:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The index of the node that serves `key`'s slot: the one that answers a read of it
+    /// instead of redirecting with `MOVED`.
+    pub fn node_for_key(&self, key: &str) -> anyhow::Result<usize> {
+        for (i, node) in self.nodes.iter().enumerate() {
+            let reply = redis_cli(node.port(), &["EXISTS", key])?;
+            if !reply.contains("MOVED") {
+                return Ok(i);
+            }
+        }
+        bail!("no node serves the slot of {key:?}")
+    }
 }
 
 /// A cgroup v1 memory cgroup made for one test (`/sys/fs/cgroup/memory/cw-test-…`), removed
