@@ -17,6 +17,8 @@ use anyhow::{Context, bail};
 pub use rustix::process::Signal;
 use rustix::process::{Pid, kill_process};
 
+pub mod proxy;
+
 /// How long a worker may take to answer `/healthz` after start.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
 
