@@ -13,6 +13,7 @@
 //! - [`redis_store`]: [`redis_store::RedisStore`], the implementation shared by every worker:
 //!   one Lua script per fenced write (`lua/*.lua`), keys hash-tagged by call id.
 //! - [`contract`]: the behaviour every implementation must show, as a reusable test suite.
+//! - [`metrics`]: the names of the metrics the store exports.
 //!
 //! Invariants (checked by [`contract`]):
 //! - The epoch of a call never decreases; `attach` and `end` increase it by exactly one.
@@ -24,6 +25,7 @@
 
 pub mod contract;
 pub mod memory;
+pub mod metrics;
 pub mod redis_store;
 
 use std::time::Duration;

@@ -44,8 +44,9 @@
 //! write may have been applied. Every script is idempotent on retry (checkpoint by `seq`,
 //! attach by [`AttemptId`], end and expire by epoch), so the caller retries as it is. Redis
 //! refusing a write for memory (`OOM`, with `maxmemory-policy noeviction`) is
-//! [`StoreError::Full`]. The [`ConnectionManager`] reconnects in the background after a
-//! dropped connection; the store itself is never rebuilt.
+//! [`StoreError::Full`]. The [`ConnectionManager`](redis::aio::ConnectionManager) reconnects in the background after a
+//! dropped connection, and [`reconnect`] rebuilds it after timeouts in a row (a half-open
+//! connection); the store itself is never rebuilt.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -55,7 +56,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use callworker_call::{CallId, EndReason, Epoch, TenantId, UnixMillis, WorkerId};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use redis::{RedisError, Script, ScriptInvocation, Value};
 use tracing::warn;
 
@@ -89,6 +90,8 @@ const EXPIRED_ROUNDS_MAX: usize = 4;
 pub const WORKERS_MAX: usize = 10_000;
 
 const PRELUDE: &str = include_str!("../lua/prelude.lua");
+
+pub mod reconnect;
 
 /// How to reach Redis and how long to keep things there.
 #[derive(Clone, PartialEq, Eq)]
@@ -232,7 +235,7 @@ fn parse_calls_member(member: &str) -> Option<CallId> {
 pub struct RedisStore {
     /// One multiplexed connection for every call of the worker (clones share it), so
     /// concurrent calls' commands are pipelined on one socket.
-    conn: ConnectionManager,
+    conn: reconnect::SharedConnection,
     keys: Keys,
     options: RedisStoreOptions,
     scripts: std::sync::Arc<Scripts>,
@@ -430,11 +433,7 @@ impl RedisStore {
             .set_max_delay(Duration::from_secs(1))
             .set_number_of_retries(6);
         let limit = options.takeover_timeout;
-        let conn = match tokio::time::timeout(limit, ConnectionManager::new_with_config(client, config)).await
-        {
-            Ok(conn) => conn.map_err(store_error)?,
-            Err(_) => return Err(StoreError::Unavailable(format!("redis: no connection within {limit:?}"))),
-        };
+        let conn = reconnect::SharedConnection::connect(client, config, limit).await?;
         let store = RedisStore {
             conn,
             keys: Keys::new(&options.namespace),
@@ -476,8 +475,16 @@ impl RedisStore {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(limit, fut).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!("redis did not answer within {limit:?}"))),
+            Ok(result) => {
+                if !matches!(result, Err(StoreError::Unavailable(_))) {
+                    self.conn.answered();
+                }
+                result
+            }
+            Err(_) => {
+                self.conn.timed_out();
+                Err(StoreError::Unavailable(format!("redis did not answer within {limit:?}")))
+            }
         }
     }
 
