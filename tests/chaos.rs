@@ -573,7 +573,9 @@ async fn blackhole_then_heal() {
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(1_000)).await;
     fleet.link(0, FaultProxy::blackhole);
-    tokio::time::sleep(Duration::from_millis(LEASE_MS * 2)).await;
+    // Longer than the lease; with CHAOS_LONG=1 12 s, still within the clients' 15 s replay
+    // buffer.
+    tokio::time::sleep(phase(LEASE_MS * 2)).await;
     fleet.link(0, FaultProxy::heal);
     wait_caught_up(&fleet, &calls).await;
     finish(&fleet, calls).await;
@@ -603,7 +605,7 @@ async fn redis_sigstop_and_sigcont() {
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(1_000)).await;
     fleet.backend.freeze();
-    tokio::time::sleep(Duration::from_millis(LEASE_MS * 2)).await;
+    tokio::time::sleep(phase(LEASE_MS * 2)).await;
     fleet.backend.thaw();
     wait_caught_up(&fleet, &calls).await;
     finish(&fleet, calls).await;
@@ -613,34 +615,269 @@ async fn redis_sigstop_and_sigcont() {
 /// when it thaws, its next writes are fenced and it drives nothing more. (No Twilio call
 /// here: a frozen worker's Twilio stream is rescued through Twilio's REST API, which
 /// `failover.rs` covers with a stand-in for it.)
+///
+/// Besides the resilient clients, one *split-brain observer* keeps reading its old
+/// connection to the frozen worker after it resumed on the other one, and had kept sending
+/// on it until then, as a client that does not yet know the worker froze does: whatever
+/// the thawed worker sends there goes into the history, unfiltered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_sigstop_past_its_lease_is_fenced() {
     let fleet = Fleet::start("workerstop", 2).await;
-    let calls = start_calls(&fleet, 0).await;
+    let mut calls = start_calls(&fleet, 0).await;
+    let observer = SplitBrainObserver::start(&fleet, calls.len()).await;
     tokio::time::sleep(phase(1_000)).await;
     fleet.workers[0].signal(Signal::STOP).unwrap();
     // The clients' liveness timeout (3 s) moves them; the lease (1.5 s) has lapsed by then.
-    tokio::time::sleep(Duration::from_millis(4_500)).await;
+    tokio::time::sleep(Duration::from_millis(3_000)).await;
+    let observer = observer.move_to(&fleet, 1).await;
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
     fleet.workers[0].signal(Signal::CONT).unwrap();
     wait_caught_up(&fleet, &calls).await;
     tokio::time::sleep(phase(1_000)).await;
+    calls.push(observer.finish());
     let report = finish(&fleet, calls).await;
     let fenced = metric(&fleet.api(0), "callworker_fenced_writes_total", &[]).await;
     assert!(fenced >= 1.0, "the thawed worker was fenced: {fenced} fenced writes; {report}");
+    let paused = metric(&fleet.api(0), "callworker_session_pauses_past_lease_total", &[]).await;
+    assert!(paused >= 1.0, "the thawed worker noticed its pause before driving its calls again");
     assert!(report.resumes >= calls_per_worker() as u64, "{report}");
+}
+
+/// A raw native client that keeps its first connection open and read after moving to a
+/// second one (see `worker_sigstop_past_its_lease_is_fenced`).
+struct SplitBrainObserver {
+    call_id: String,
+    index: usize,
+    welcome: callworker_protocol::native::Welcome,
+    /// Reads the old connection into the shared history until it closes.
+    old_reader: JoinHandle<()>,
+    observed: std::sync::Arc<std::sync::Mutex<Vec<Observed>>>,
+    /// Highest server seq seen, for the resume's `hello`.
+    last_server_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    stop_sending: watch::Sender<bool>,
+    sender: JoinHandle<(callworker_client::native::NativeSender, u64)>,
+}
+
+/// A moved [`SplitBrainObserver`]: its new connection runs; the old one is still read.
+struct MovedObserver {
+    call_id: String,
+    old_tx: callworker_client::native::NativeSender,
+    old_reader: JoinHandle<()>,
+    new_reader: JoinHandle<()>,
+    observed: std::sync::Arc<std::sync::Mutex<Vec<Observed>>>,
+    stop: watch::Sender<bool>,
+    sender: JoinHandle<u64>,
+    progress: watch::Receiver<(u64, u64)>,
+    index: usize,
+}
+
+type Shared<T> = std::sync::Arc<std::sync::Mutex<T>>;
+
+/// Records everything a raw connection receives as `session`, until it closes.
+fn read_raw(
+    mut rx: callworker_client::native::NativeReceiver,
+    session: u64,
+    observed: Shared<Vec<Observed>>,
+    last_server_seq: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    acked: Option<watch::Sender<(u64, u64)>>,
+    t0: Instant,
+) -> JoinHandle<()> {
+    use callworker_client::native::ServerEvent;
+    use callworker_protocol::native::ServerControl;
+    tokio::spawn(async move {
+        let ms = || t0.elapsed().as_millis() as u64;
+        let mut bye = false;
+        while let Some(e) = rx.next().await {
+            let what = match e {
+                ServerEvent::Audio { epoch, seq, .. } => {
+                    last_server_seq.fetch_max(seq, std::sync::atomic::Ordering::Relaxed);
+                    What::Audio { epoch: Some(epoch), seq: Some(seq) }
+                }
+                ServerEvent::Control(ServerControl::Ack { upto_seq }) => {
+                    if let Some(a) = &acked {
+                        a.send_modify(|p| p.1 = p.1.max(upto_seq));
+                    }
+                    What::Acked { upto_seq }
+                }
+                ServerEvent::Control(ServerControl::Bye { .. }) => {
+                    bye = true;
+                    continue;
+                }
+                ServerEvent::Control(_) => continue,
+                ServerEvent::Closed { code, reason } if bye => {
+                    What::Ended { cause: format!("closed {code} {reason}"), clean: code == 1000 }
+                }
+                ServerEvent::Closed { code, .. } => What::Lost { code },
+            };
+            let end = matches!(what, What::Ended { .. } | What::Lost { .. });
+            observed.lock().unwrap().push(Observed { at_ms: ms(), session, what });
+            if end {
+                return;
+            }
+        }
+    })
+}
+
+/// Sends one frame every 20 ms from `next_seq` on, until told to stop; returns the sender
+/// and the next seq.
+fn send_raw(
+    mut tx: callworker_client::native::NativeSender,
+    index: usize,
+    mut next_seq: u64,
+    mut stop: watch::Receiver<bool>,
+    progress: Option<watch::Sender<(u64, u64)>>,
+) -> JoinHandle<(callworker_client::native::NativeSender, u64)> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        while !*stop.borrow() {
+            tokio::select! {
+                _ = tick.tick() => {
+                    // A frozen peer fills the socket's buffers: a send may stall (bounded).
+                    let sent = tokio::time::timeout(Duration::from_millis(100), tx.send_audio(next_seq, &frame(index, next_seq))).await;
+                    if !matches!(sent, Ok(Ok(()))) {
+                        break;
+                    }
+                    if let Some(p) = &progress {
+                        p.send_modify(|p| p.0 = next_seq);
+                    }
+                    next_seq += 1;
+                }
+                _ = stop.changed() => {}
+            }
+        }
+        (tx, next_seq)
+    })
+}
+
+impl SplitBrainObserver {
+    async fn start(fleet: &Fleet, index: usize) -> SplitBrainObserver {
+        let api = fleet.api(0);
+        let body = json!({"program": echo_program(), "record": {"inbound": true, "outbound": true}});
+        let created = api.create_call(&body).await.unwrap();
+        let hello = callworker_client::native::first_hello(created.call_id(), &created.resume_token, PCMU_8K);
+        let url = fleet.media_urls(0).remove(0);
+        let (tx, rx, welcome) = callworker_client::native::connect(&url, hello).await.unwrap();
+        let observed: Shared<Vec<Observed>> = Default::default();
+        let at_ms = fleet.t0.elapsed().as_millis() as u64;
+        observed.lock().unwrap().push(Observed {
+            at_ms,
+            session: welcome.epoch,
+            what: What::Welcome { epoch: Some(welcome.epoch) },
+        });
+        let last_server_seq = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let old_reader =
+            read_raw(rx, welcome.epoch, observed.clone(), last_server_seq.clone(), None, fleet.t0);
+        let (stop_sending, stop_rx) = watch::channel(false);
+        let sender = send_raw(tx, index, 1, stop_rx, None);
+        SplitBrainObserver {
+            call_id: created.call_id().to_owned(),
+            index,
+            welcome,
+            old_reader,
+            observed,
+            last_server_seq,
+            stop_sending,
+            sender,
+        }
+    }
+
+    /// Stops sending on the old connection (leaving it open and read) and resumes on
+    /// worker `to`, replaying from what the new owner asks for.
+    async fn move_to(self, fleet: &Fleet, to: usize) -> MovedObserver {
+        let _ = self.stop_sending.send(true);
+        // The old connection's sender is kept (not closed, not reset) until the end.
+        let (old_tx, next_seq) = self.sender.await.unwrap();
+        let hello = callworker_protocol::native::Hello {
+            epoch_seen: self.welcome.epoch,
+            next_seq,
+            last_server_seq_rx: self.last_server_seq.load(std::sync::atomic::Ordering::Relaxed),
+            ..callworker_client::native::first_hello(&self.call_id, &self.welcome.resume_token, PCMU_8K)
+        };
+        let url = fleet.media_urls(to).remove(0);
+        let (mut tx, rx, welcome) = callworker_client::native::connect(&url, hello).await.unwrap();
+        let at_ms = fleet.t0.elapsed().as_millis() as u64;
+        self.observed.lock().unwrap().push(Observed {
+            at_ms,
+            session: welcome.epoch,
+            what: What::Welcome { epoch: Some(welcome.epoch) },
+        });
+        let (progress_tx, progress) = watch::channel((next_seq - 1, 0));
+        let new_reader = read_raw(
+            rx,
+            welcome.epoch,
+            self.observed.clone(),
+            self.last_server_seq.clone(),
+            Some(progress_tx.clone()),
+            fleet.t0,
+        );
+        for seq in welcome.resume_from_seq..next_seq {
+            tx.send_audio(seq, &frame(self.index, seq)).await.unwrap();
+        }
+        let (stop, stop_rx) = watch::channel(false);
+        let inner = send_raw(tx, self.index, next_seq, stop_rx, Some(progress_tx));
+        let sender = tokio::spawn(async move {
+            let (mut tx, next) = inner.await.unwrap();
+            tx.bye().await.unwrap();
+            next
+        });
+        MovedObserver {
+            call_id: self.call_id,
+            old_tx,
+            old_reader: self.old_reader,
+            new_reader,
+            observed: self.observed,
+            stop,
+            sender,
+            progress,
+            index: self.index,
+        }
+    }
+}
+
+impl MovedObserver {
+    /// Hands the observer to [`finish`] as a running call: stopping it says `bye` on the
+    /// new connection; its history holds both connections, in time order.
+    fn finish(self) -> RunningCall {
+        let MovedObserver {
+            call_id,
+            old_tx,
+            old_reader,
+            new_reader,
+            observed,
+            stop,
+            sender,
+            progress,
+            index,
+        } = self;
+        let task = tokio::spawn(async move {
+            let next = sender.await.unwrap();
+            let _ = tokio::time::timeout(END_WAIT, new_reader).await;
+            // The old connection is closed by its thawed, fenced worker.
+            let closed = tokio::time::timeout(END_WAIT, old_reader).await.is_ok();
+            assert!(closed, "the fenced worker closed the old connection");
+            drop(old_tx);
+            let mut observed = observed.lock().unwrap().clone();
+            observed.sort_by_key(|o| o.at_ms);
+            ClientRun { observed, sent: (1..next).flat_map(|s| frame(index, s)).collect() }
+        });
+        RunningCall { call_id, transport: Transport::Native, progress, stop, task }
+    }
 }
 
 /// CPU starvation of one worker, as a CPU limit does it: CFS throttling lets a cgroup run
 /// for its quota and then deschedules it until the next period. Emulated with a SIGSTOP /
 /// SIGCONT duty cycle on the worker (this needs no privilege and burns no CPU on a shared
 /// 2-core machine, unlike burner threads pinned to its core): first 60 ms stopped in every
-/// 100 ms, then 450 of every 500 ms.
+/// 100 ms, then 450 of every 500 ms, then 2 s of every 2.5 s: longer than the lease but
+/// shorter than the clients' liveness timeout, so the worker keeps its calls and must
+/// confirm its ownership after each pause before it drives them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cpu_starvation_of_a_worker() {
     let fleet = Fleet::start("starve", 2).await;
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(1_000)).await;
-    for (stopped_ms, period_ms, total) in [(60, 100, phase(3_000)), (450, 500, phase(3_000))] {
+    let phases = [(60, 100, phase(3_000)), (450, 500, phase(3_000)), (2_000, 2_500, phase(5_000))];
+    for (stopped_ms, period_ms, total) in phases {
         let until = Instant::now() + total;
         while Instant::now() < until {
             fleet.workers[0].signal(Signal::STOP).unwrap();
@@ -650,5 +887,7 @@ async fn cpu_starvation_of_a_worker() {
         }
     }
     wait_caught_up(&fleet, &calls).await;
-    finish(&fleet, calls).await;
+    let report = finish(&fleet, calls).await;
+    let paused = metric(&fleet.api(0), "callworker_session_pauses_past_lease_total", &[]).await;
+    assert!(paused >= 1.0, "the worker noticed the pauses longer than its lease; {report}");
 }

@@ -21,7 +21,8 @@
 //!   over all calls: 1 when ownership moved cleanly.
 //! - **Epochs only increase.** Each `welcome` carries a higher epoch than the one before;
 //!   audio carries the epoch of the session it arrived on; server audio `seq` grows
-//!   strictly; the store's final epoch is above every epoch a client was welcomed with (the
+//!   strictly within a session (a new owner may send again what an old one sent but never
+//!   checkpointed; clients drop those by `seq`); the store's final epoch is above every epoch a client was welcomed with (the
 //!   end bumps it).
 //! - **Recordings are continuous.** The inbound recording is byte for byte the audio the
 //!   client sent: no gap, no duplicate, no reordering. Where the outbound track is recorded
@@ -176,7 +177,7 @@ fn check_call(call: &CallHistory, report: &mut Report, v: &mut Vec<String>) {
     let mut welcomed: BTreeMap<u64, Option<u64>> = BTreeMap::new();
     let mut last_welcome_epoch: Option<u64> = None;
     let mut newest_audio_session: Option<u64> = None;
-    let mut last_seq: Option<u64> = None;
+    let mut last_seq: BTreeMap<u64, u64> = BTreeMap::new();
     // Per session: first and last audio delivery (ms).
     let mut intervals: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let mut ends = 0;
@@ -225,13 +226,11 @@ fn check_call(call: &CallHistory, report: &mut Report, v: &mut Vec<String>) {
                     ));
                 }
                 newest_audio_session = Some(newest_audio_session.map_or(o.session, |n| n.max(o.session)));
-                if let Some(s) = seq {
-                    if let Some(last) = last_seq
-                        && *s <= last
-                    {
-                        v.push(format!("server audio seq {s} after {last}"));
-                    }
-                    last_seq = Some(*s);
+                if let Some(s) = seq
+                    && let Some(last) = last_seq.insert(o.session, *s)
+                    && *s <= last
+                {
+                    v.push(format!("server audio seq {s} after {last} in session {}", o.session));
                 }
                 let entry = intervals.entry(o.session).or_insert((o.at_ms, o.at_ms));
                 entry.1 = o.at_ms;
@@ -407,9 +406,13 @@ mod tests {
         assert!(v.iter().any(|v| v.contains("audio of epoch 1 on the session welcomed at epoch 2")), "{v:?}");
 
         let mut call = good();
-        call.observed[5] = audio(100, 2, 2);
+        call.observed.insert(6, audio(110, 2, 3));
         let v = violations(call);
-        assert!(v.iter().any(|v| v.contains("seq 2 after 2")), "{v:?}");
+        assert!(v.iter().any(|v| v.contains("seq 3 after 3 in session 2")), "{v:?}");
+        // A new owner may send again a seq an old one sent: clients drop it by seq.
+        let mut call = good();
+        call.observed[5] = audio(100, 2, 2);
+        assert_eq!(violations(call), Vec::<String>::new());
 
         let mut call = good();
         call.server.as_mut().unwrap().epoch = 2;
