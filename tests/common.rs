@@ -170,3 +170,34 @@ impl HealthyCall {
         assert_eq!(call["end_reason"], "client_hangup");
     }
 }
+
+/// 20 ms of 8 kHz μ-law.
+pub const FRAME_BYTES: usize = 160;
+
+/// A frame of audio unique to (call, seq), so any gap, duplicate or reordering in a
+/// recording shows.
+pub fn frame(call: usize, seq: u64) -> Vec<u8> {
+    (0..FRAME_BYTES).map(|i| ((call as u64 * 31 + seq * 7 + i as u64) % 251) as u8).collect()
+}
+
+/// The audio of a call's inbound recording (the data chunk of its WAV).
+pub async fn recording(api: &ControlApi, call_id: &str) -> Vec<u8> {
+    recording_track(api, call_id, "inbound").await
+}
+
+/// The audio of one track (`inbound`, `outbound`) of a call's recording.
+pub async fn recording_track(api: &ControlApi, call_id: &str, track: &str) -> Vec<u8> {
+    let url = format!("{}/v1/calls/{call_id}/recording?track={track}", api.base_url());
+    let response = api.http().get(url).send().await.unwrap();
+    assert_eq!(response.status(), 200, "{track} recording of {call_id}");
+    let wav = response.bytes().await.unwrap();
+    // RIFF header, fmt (18 bytes for μ-law), fact, then data: find the data chunk.
+    let at = wav.windows(4).position(|w| w == b"data").expect("a data chunk");
+    let len = u32::from_le_bytes(wav[at + 4..at + 8].try_into().unwrap()) as usize;
+    wav[at + 8..at + 8 + len].to_vec()
+}
+
+/// A call's timeline events.
+pub async fn events_of(api: &ControlApi, call_id: &str) -> Vec<Value> {
+    api.events(call_id).await.unwrap()["events"].as_array().unwrap().clone()
+}

@@ -26,9 +26,6 @@ use common::*;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-/// 20 ms of 8 kHz μ-law.
-const FRAME_BYTES: usize = 160;
-
 /// Where a fleet keeps its calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Backend {
@@ -171,12 +168,6 @@ impl Fleet {
     }
 }
 
-/// A frame of audio unique to (call, seq), so any gap, duplicate or reordering in a
-/// recording shows.
-fn frame(call: usize, seq: u64) -> Vec<u8> {
-    (0..FRAME_BYTES).map(|i| ((call as u64 * 31 + seq * 7 + i as u64) % 251) as u8).collect()
-}
-
 async fn create_recorded_echo(api: &ControlApi) -> CreatedCall {
     api.create_call(&json!({ "program": echo_program(), "record": {"inbound": true} })).await.unwrap()
 }
@@ -213,21 +204,6 @@ async fn until(
     .await;
     assert!(result.is_ok(), "timed out waiting; last events: {:?}", &seen[seen.len().saturating_sub(5)..]);
     seen
-}
-
-async fn recording(api: &ControlApi, call_id: &str) -> Vec<u8> {
-    let url = format!("{}/v1/calls/{call_id}/recording", api.base_url());
-    let response = api.http().get(url).bearer_auth(OPERATOR_KEY).send().await.unwrap();
-    assert_eq!(response.status(), 200, "recording of {call_id}");
-    let wav = response.bytes().await.unwrap();
-    // RIFF header, fmt (18 bytes for μ-law), fact, then data: find the data chunk.
-    let at = wav.windows(4).position(|w| w == b"data").expect("a data chunk");
-    let len = u32::from_le_bytes(wav[at + 4..at + 8].try_into().unwrap()) as usize;
-    wav[at + 8..at + 8 + len].to_vec()
-}
-
-async fn events_of(api: &ControlApi, call_id: &str) -> Vec<Value> {
-    api.events(call_id).await.unwrap()["events"].as_array().unwrap().clone()
 }
 
 /// kill -9 of the worker that owns live native calls mid-audio: every call resumes on

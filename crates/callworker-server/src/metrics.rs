@@ -51,6 +51,9 @@ pub const RESUME_GAP_SECONDS: &str = "callworker_resume_gap_seconds";
 pub const TAKEOVERS_REFUSED: &str = "callworker_takeovers_refused_total";
 /// Writes refused because another session owns the call (this session then stops).
 pub const FENCED_WRITES: &str = "callworker_fenced_writes_total";
+/// Sessions that found themselves paused (not run) for longer than the lease and confirmed
+/// their ownership with a write before driving the call again.
+pub const PAUSES_PAST_LEASE: &str = "callworker_session_pauses_past_lease_total";
 /// Store operations that failed for the store's sake (unreachable, timeout), by `op`.
 pub const STORE_ERRORS: &str = "callworker_store_errors_total";
 /// Recorded audio dropped because checkpoints could not be written for too long.
@@ -152,6 +155,10 @@ fn describe() {
     );
     describe_counter!(TAKEOVERS_REFUSED, "Takeovers refused, by reason");
     describe_counter!(FENCED_WRITES, "Writes refused because another session owns the call");
+    describe_counter!(
+        PAUSES_PAST_LEASE,
+        "Sessions paused past the lease that confirmed ownership before driving the call again"
+    );
     describe_counter!(STORE_ERRORS, "Store operations failed (unreachable, timeout), by op");
     describe_counter!(
         RECORDING_DROPPED_BYTES,

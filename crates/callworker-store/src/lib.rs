@@ -14,6 +14,7 @@
 //!   on one Redis server or a Redis Cluster, over TCP or TLS: one Lua script per fenced write
 //!   (`lua/*.lua`), keys hash-tagged by call id so each script runs on one slot.
 //! - [`contract`]: the behaviour every implementation must show, as a reusable test suite.
+//! - [`metrics`]: the names of the metrics the store exports.
 //!
 //! Invariants (checked by [`contract`]):
 //! - The epoch of a call never decreases; `attach` and `end` increase it by exactly one.
@@ -25,6 +26,7 @@
 
 pub mod contract;
 pub mod memory;
+pub mod metrics;
 pub mod redis_store;
 
 use std::time::Duration;

@@ -51,7 +51,8 @@
 //! attach by [`AttemptId`], end and expire by epoch), so the caller retries as it is. Redis
 //! refusing a write for memory (`OOM`, with `maxmemory-policy noeviction`) is
 //! [`StoreError::Full`]. The connection reconnects in the background after a dropped
-//! connection; the store itself is never rebuilt.
+//! connection, and [`reconnect`] rebuilds it after timeouts in a row (a half-open
+//! connection); the store itself is never rebuilt.
 //!
 //! # One server or a cluster
 //!
@@ -164,6 +165,8 @@ pub enum RedisMode {
     /// from the cluster's slot map.
     Cluster,
 }
+
+pub mod reconnect;
 
 /// How to reach Redis and how long to keep things there.
 #[derive(Clone, PartialEq, Eq)]
@@ -278,7 +281,7 @@ impl Invocation<'_> {
 
     /// `EVALSHA`; on `NOSCRIPT` (the node lost or never had the script), `EVAL` once on the
     /// same node.
-    async fn invoke<T: FromRedisValue>(&self, conn: &mut Connection) -> RedisResult<T> {
+    async fn invoke<T: FromRedisValue>(&self, conn: &mut impl ConnectionLike) -> RedisResult<T> {
         match self.command("EVALSHA", &self.script.hash).query_async(conn).await {
             Err(e) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript) => {
                 self.command("EVAL", &self.script.code).query_async(conn).await
@@ -417,8 +420,9 @@ impl ConnectionLike for Connection {
 #[derive(Clone)]
 pub struct RedisStore {
     /// One multiplexed connection (per node) for every call of the worker (clones share
-    /// it), so concurrent calls' commands are pipelined on one socket.
-    conn: Connection,
+    /// it), so concurrent calls' commands are pipelined on one socket; rebuilt after
+    /// timeouts in a row.
+    conn: reconnect::SharedConnection,
     keys: Keys,
     options: RedisStoreOptions,
     scripts: std::sync::Arc<Scripts>,
@@ -673,13 +677,7 @@ impl RedisStore {
                 return Err(StoreError::Invalid(format!("{name} must be at least 1 ms")));
             }
         }
-        let conn = match tokio::time::timeout(options.takeover_timeout, open(&options)).await {
-            Ok(conn) => conn?,
-            Err(_) => {
-                let limit = options.takeover_timeout;
-                return Err(StoreError::Unavailable(format!("redis: no connection within {limit:?}")));
-            }
-        };
+        let conn = reconnect::SharedConnection::connect(options.clone(), options.takeover_timeout).await?;
         let store = RedisStore {
             conn,
             keys: Keys::new(&options.namespace),
@@ -775,8 +773,16 @@ impl RedisStore {
         fut: impl Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(limit, fut).await {
-            Ok(result) => result,
-            Err(_) => Err(StoreError::Unavailable(format!("redis did not answer within {limit:?}"))),
+            Ok(result) => {
+                if !matches!(result, Err(StoreError::Unavailable(_))) {
+                    self.conn.answered();
+                }
+                result
+            }
+            Err(_) => {
+                self.conn.timed_out();
+                Err(StoreError::Unavailable(format!("redis did not answer within {limit:?}")))
+            }
         }
     }
 

@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use callworker_call::{CallId, EndReason, Epoch, TenantId, WorkerId};
+use callworker_store::redis_store::reconnect::RECONNECT_AFTER_TIMEOUTS;
 use callworker_store::redis_store::{RedisStore, RedisStoreOptions};
 use callworker_store::{
     AttemptId, CallStore, Checkpoint, CheckpointAck, ListQuery, NewCall, RecordingChunk, StoreError, contract,
 };
 use callworker_testkit::RedisServer;
+use callworker_testkit::proxy::FaultProxy;
 use redis::aio::MultiplexedConnection;
 
 static NAMESPACE: AtomicU64 = AtomicU64::new(0);
@@ -166,6 +168,44 @@ async fn a_stalled_redis_is_unavailable_until_it_continues() {
         "{retry:?}"
     );
     assert_eq!(store.get(&call).await.unwrap().checkpoint, Some(checkpoint(1)));
+}
+
+/// A half-open connection: the path swallows what is sent (no error, no answer), then
+/// heals. The multiplexed connection would stay out of step for good (each reply matched
+/// to an older request that never reached Redis), and redis's connection manager does not
+/// reconnect on timeouts. After `RECONNECT_AFTER_TIMEOUTS` timeouts in a row the store
+/// rebuilds its connection, and every reply answers its own request again.
+#[tokio::test]
+async fn a_half_open_connection_is_rebuilt_after_timeouts_in_a_row() {
+    let server = start().await;
+    let proxy = FaultProxy::to_local_port(server.port()).unwrap();
+    let options = RedisStoreOptions {
+        url: proxy.redis_url(),
+        response_timeout: Duration::from_millis(200),
+        ..options(&server)
+    };
+    let store = RedisStore::connect(options).await.unwrap();
+    let lease = Duration::from_secs(30);
+    let (a, epoch_a) = create_attached(&store, "halfopen-a", lease).await;
+    let (b, _) = create_attached(&store, "halfopen-b", lease).await;
+    proxy.blackhole();
+    for _ in 0..RECONNECT_AFTER_TIMEOUTS {
+        let lost = store.checkpoint(&a, epoch_a, checkpoint(1), RecordingChunk::default(), lease).await;
+        assert!(matches!(lost, Err(StoreError::Unavailable(_))), "{lost:?}");
+    }
+    assert_eq!(store.reconnects(), 0, "no connection answers through a blackhole");
+    proxy.heal();
+    let ack = until_ok("checkpoint after the heal", async || {
+        store.checkpoint(&a, epoch_a, checkpoint(2), RecordingChunk::default(), lease).await
+    })
+    .await;
+    assert_eq!(ack, CheckpointAck::Applied);
+    assert_eq!(store.reconnects(), 1);
+    // Replies match their requests: each call reads as itself.
+    for _ in 0..5 {
+        assert_eq!(store.get(&b).await.unwrap().call_id, b);
+        assert_eq!(store.get(&a).await.unwrap().checkpoint, Some(checkpoint(2)));
+    }
 }
 
 #[tokio::test]

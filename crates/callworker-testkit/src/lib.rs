@@ -18,6 +18,8 @@ use anyhow::{Context, bail};
 pub use rustix::process::Signal;
 use rustix::process::{Pid, kill_process};
 
+pub mod proxy;
+
 /// Control-API key of tenant `default` (the tenant of calls created without one) that
 /// every worker started here accepts. Workers are given only its SHA-256, as in production;
 /// the keys are fixed so that every worker of one test (a fleet) accepts the same ones.

@@ -367,6 +367,15 @@ struct Driver {
     /// refreshed at every checkpoint; the governor migrates the largest calls first.
     account: std::sync::Arc<std::sync::atomic::AtomicU64>,
     stop: Option<Stop>,
+    /// When the driver loop last finished a turn. A later turn that finds more than a
+    /// lease gone by means this task did not run meanwhile (the process was paused or
+    /// starved): another worker may own the call by now (see `paused_past_lease`).
+    last_turn: Instant,
+    /// `Some(seq)` after such a pause: input and timers wait until the write `seq` is
+    /// answered, which either confirms the ownership or fences this session.
+    confirming: Option<u64>,
+    /// The one message read when the pause was found, handled once ownership is confirmed.
+    held: Option<Message>,
     /// Close frame to send once the last write is durable (see `finish`).
     closing: Option<(u16, String)>,
     frames_in: metrics::Counter,
@@ -412,6 +421,9 @@ impl Driver {
             recording: RecordingBuffer::default(),
             account: std::sync::Arc::default(),
             stop: None,
+            last_turn: now_i,
+            confirming: None,
+            held: None,
             closing: None,
             frames_in: metrics::counter!(m::FRAMES_IN, "transport" => label),
             frames_out: metrics::counter!(m::FRAMES_OUT, "transport" => label),
@@ -474,12 +486,14 @@ impl Driver {
                     close_code = self.detach(close::GOING_AWAY, "worker shutting down; reconnect");
                 }
                 Some(written) = self.writer.results.recv() => {
+                    // Whichever branch wakes first after a pause notices it.
+                    self.paused_past_lease();
                     if let Some(code) = self.on_written(written) {
                         close_code = code;
                     }
                 }
-                Some(cmd) = self.commands.recv() => self.on_command(cmd),
-                msg = stream.next() => {
+                Some(cmd) = self.commands.recv(), if self.confirming.is_none() => self.on_command(cmd),
+                msg = stream.next(), if self.confirming.is_none() => {
                     match msg {
                         None | Some(Ok(Message::Close(_))) => {
                             close_code = self.detach(close::NORMAL, "client closed");
@@ -488,6 +502,7 @@ impl Driver {
                             let e = ws_error(&e);
                             close_code = self.refuse(e);
                         }
+                        Some(Ok(msg)) if self.paused_past_lease() => self.held = Some(msg),
                         Some(Ok(msg)) => {
                             if let Some(code) = self.on_message(msg) {
                                 close_code = code;
@@ -495,12 +510,15 @@ impl Driver {
                         }
                     }
                 }
-                _ = &mut timer, if timer_at.is_some() => {
+                _ = &mut timer, if timer_at.is_some() && self.confirming.is_none() => {
                     timer_at = None;
-                    self.call.handle(now(), Input::Timeout, &mut self.outputs);
-                    self.flush_outputs();
+                    if !self.paused_past_lease() {
+                        self.call.handle(now(), Input::Timeout, &mut self.outputs);
+                        self.flush_outputs();
+                    }
                 }
                 _ = tick.tick() => {
+                    self.paused_past_lease();
                     self.follow_memory_level();
                     if self.last_inbound.elapsed() > self.state.config.limits.idle_timeout {
                         close_code = self.detach(close::TIMEOUT, "idle_timeout: no input within the idle timeout");
@@ -509,6 +527,14 @@ impl Driver {
                     }
                 }
             }
+            if self.confirming.is_none()
+                && self.stop.is_none()
+                && let Some(msg) = self.held.take()
+                && let Some(code) = self.on_message(msg)
+            {
+                close_code = code;
+            }
+            self.last_turn = Instant::now();
             if self.stop.is_none() && self.out.is_closing() {
                 // The outbound queue closed itself: the client is not reading.
                 close_code = close::SLOW_CONSUMER;
@@ -611,6 +637,10 @@ impl Driver {
     fn on_written(&mut self, written: Written) -> Option<u16> {
         match written.outcome {
             Ok(()) => {
+                if self.confirming.is_some_and(|seq| written.seq >= seq) {
+                    info!(call_id = %self.call_id, epoch = %self.epoch, "ownership confirmed after a pause");
+                    self.confirming = None;
+                }
                 if written.end.is_none() && written.inbound_applied_seq > self.acked_seq {
                     self.acked_seq = written.inbound_applied_seq;
                     if let Wire::Native(w) = &self.wire {
@@ -715,6 +745,27 @@ impl Driver {
             recording: std::mem::take(&mut self.recording),
             end,
         }
+    }
+
+    /// Whether this task did not run for longer than a lease (the process was paused or
+    /// starved) since its last turn. Another worker may have taken the call over meanwhile
+    /// without this session knowing yet, so before it sends anything more (echoing input
+    /// queued during the pause, a timer's audio) it writes a checkpoint and waits for the
+    /// answer: applied, the call carries on; fenced, the session stops without having
+    /// driven the call while someone else did. Input and timers wait meanwhile.
+    fn paused_past_lease(&mut self) -> bool {
+        if self.confirming.is_some() {
+            return true;
+        }
+        let gap = self.last_turn.elapsed();
+        if gap < self.state.config.checkpoint.lease || self.stop.is_some() {
+            return false;
+        }
+        warn!(call_id = %self.call_id, epoch = %self.epoch, gap_ms = gap.as_millis() as u64, "paused past the lease; confirming ownership before driving the call");
+        metrics::counter!(m::PAUSES_PAST_LEASE).increment(1);
+        self.maybe_checkpoint(true);
+        self.confirming = Some(self.checkpoint_seq);
+        true
     }
 
     /// Submits a checkpoint if the state changed (or `force`), or if the lease needs
