@@ -11,6 +11,8 @@
 //! - [`reaper`]: ends or rescues calls nobody drives any more (two-phase, safe on every
 //!   worker at once); [`registry`]: this worker's heartbeat in the worker registry.
 //! - [`admission`], [`live`], [`token`], [`error`], [`metrics`], [`telemetry`], [`state`].
+//! - `fuzzing` (feature `fuzzing`): the check the token fuzz target in `fuzz/` runs, shared
+//!   with the stable corpus replay.
 //!
 //! Invariants:
 //! - A call is driven by at most one session on this worker ([`live::LiveCalls`]), and every
@@ -26,6 +28,8 @@ pub mod allocator;
 pub mod calls;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod governor;
 pub mod http;
 pub mod live;
