@@ -17,6 +17,8 @@
 //!   [`Action`]s injected by the API.
 //! - [`dsp`]: tone generation and Goertzel tone detection.
 //! - [`checkpoint`]: the versioned checkpoint envelope around a postcard-encoded [`Call`].
+//! - `fuzzing` (feature `fuzzing`): the check the checkpoint fuzz target in `fuzz/` runs,
+//!   shared with the stable corpus replay.
 //!
 //! Invariants:
 //! - An ended call stays ended: every input after the end is ignored and yields no output.
@@ -31,6 +33,8 @@ pub mod call;
 pub mod checkpoint;
 pub mod dsp;
 pub mod end;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod ids;
 pub mod program;
 pub mod time;

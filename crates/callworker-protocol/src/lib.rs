@@ -10,6 +10,8 @@
 //! - [`twilio_signature`]: Twilio's `X-Twilio-Signature` request signatures (webhooks and the
 //!   Media Streams WebSocket upgrade).
 //! - [`codec`]: G.711 μ-law / A-law ↔ PCM16 and 8 kHz ↔ 16 kHz resampling.
+//! - `fuzzing` (feature `fuzzing`): the checks the fuzz targets in `fuzz/` run, shared with
+//!   the stable corpus replay.
 //!
 //! Invariants:
 //! - Parsers never panic and never allocate more than a bound derived from their input
@@ -19,6 +21,8 @@
 
 pub mod close;
 pub mod codec;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod native;
 pub mod twilio;
 pub mod twilio_signature;

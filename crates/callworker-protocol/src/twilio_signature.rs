@@ -90,7 +90,7 @@ pub fn verify(
 
 /// `url` with its scheme's default port removed when present, or added when absent; `None`
 /// for a URL that is not http(s)/ws(s) or that names another port.
-fn port_variant(url: &str) -> Option<String> {
+pub(crate) fn port_variant(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let default_port = match scheme.to_ascii_lowercase().as_str() {
         "https" | "wss" => "443",

@@ -12,6 +12,8 @@
 //!   worker at once); [`registry`]: this worker's heartbeat in the worker registry.
 //! - [`auth`]: API keys, tenancy checks, per-key rate limits, the `Origin` allow-list.
 //! - [`admission`], [`live`], [`token`], [`error`], [`metrics`], [`telemetry`], [`state`].
+//! - `fuzzing` (feature `fuzzing`): the check the token fuzz target in `fuzz/` runs, shared
+//!   with the stable corpus replay.
 //!
 //! Invariants:
 //! - A call is driven by at most one session on this worker ([`live::LiveCalls`]), and every
@@ -28,6 +30,8 @@ pub mod auth;
 pub mod calls;
 pub mod config;
 pub mod error;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 pub mod governor;
 pub mod http;
 pub mod live;

@@ -95,7 +95,7 @@ impl Tokens {
         let (Some("v1"), Some(expiry), Some(sig)) = (parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
         };
-        let expiry: u64 = expiry.parse().map_err(|_| TokenError::Malformed)?;
+        let expiry = canonical_u64(expiry).ok_or(TokenError::Malformed)?;
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
         self.resume_mac(call_id, tenant, epoch, expiry)
             .verify_slice(&sig)
@@ -125,6 +125,18 @@ impl Tokens {
         let sig = URL_SAFE_NO_PAD.decode(sig).map_err(|_| TokenError::Malformed)?;
         self.stream_mac(call_id, epoch).verify_slice(&sig).map_err(|_| TokenError::BadSignature)
     }
+}
+
+/// `text` as a decimal written the way [`Tokens::issue`] writes it: ASCII digits, no sign, no
+/// leading zero. `u64::from_str` alone also takes `+1` and `01`, which would let one issued
+/// token be presented under several spellings (found by the `resume_token_verify` fuzz
+/// target's "an accepted token is the issued one" property).
+fn canonical_u64(text: &str) -> Option<u64> {
+    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits_only || (text.len() > 1 && text.starts_with('0')) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 #[cfg(test)]
@@ -182,6 +194,28 @@ mod tests {
         flipped[last] = if flipped[last] == b'A' { b'B' } else { b'A' };
         let flipped = String::from_utf8(flipped).unwrap();
         assert!(tokens.verify(&flipped, &call, &tenant, Epoch(1), now).is_err());
+    }
+
+    #[test]
+    fn only_the_issued_spelling_of_the_expiry_is_accepted() {
+        let tokens = Tokens::new(b"k".repeat(32), Duration::from_secs(60));
+        let (call, tenant) = ids();
+        let now = UnixMillis(1_000_000);
+        let token = tokens.issue(&call, &tenant, Epoch(1), now);
+        let (_, rest) = token.split_once('.').unwrap();
+        let (expiry, sig) = rest.split_once('.').unwrap();
+        for respelled in [format!("0{expiry}"), format!("+{expiry}"), format!("00{expiry}")] {
+            let presented = format!("v1.{respelled}.{sig}");
+            assert_eq!(
+                tokens.verify(&presented, &call, &tenant, Epoch(1), now),
+                Err(TokenError::Malformed),
+                "{presented}"
+            );
+        }
+        assert_eq!(tokens.verify(&token, &call, &tenant, Epoch(1), now), Ok(()));
+        assert_eq!(canonical_u64("0"), Some(0));
+        assert_eq!(canonical_u64(""), None);
+        assert_eq!(canonical_u64("18446744073709551616"), None);
     }
 
     #[test]
