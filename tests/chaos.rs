@@ -25,7 +25,7 @@ use callworker_client::api::{ControlApi, metric_sum};
 use callworker_client::resilient::{CallEvent, EndCause, ResilientCall, ResilientConfig};
 use callworker_client::twilio::{StreamEvent, TwilioSimulator, TwilioStream};
 use callworker_testkit::proxy::FaultProxy;
-use callworker_testkit::{RedisServer, Signal, Worker, WorkerOptions};
+use callworker_testkit::{RedisServer, Signal, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions};
 use callworker_tests::history::{self, CallHistory, FleetFacts, Observed, ServerFacts, Transport, What};
 use common::*;
 use serde_json::json;
@@ -165,7 +165,7 @@ impl Fleet {
     }
 
     fn api(&self, i: usize) -> ControlApi {
-        ControlApi::new(&self.workers[i].base_url)
+        ControlApi::new(&self.workers[i].base_url).with_key(TENANT_KEY)
     }
 
     /// Every worker's media URL, worker `first` first.
@@ -323,7 +323,7 @@ async fn drive_native(
 }
 
 async fn start_twilio(fleet: &Fleet, worker: usize, index: usize) -> RunningCall {
-    let sim = TwilioSimulator::new(&fleet.workers[worker].base_url);
+    let sim = TwilioSimulator::new(&fleet.workers[worker].base_url).with_auth_token(TWILIO_AUTH_TOKEN);
     let stream = sim.place_call("+15550100", "+15550199").await.unwrap();
     let call_id = stream.action.clone().unwrap().split("call_id=").nth(1).unwrap().to_owned();
     let (stop, stop_rx) = watch::channel(false);

@@ -19,8 +19,7 @@ use callworker_client::api::{ControlApi, CreatedCall};
 use callworker_client::resilient::{CallEvent, EndCause, ResilientCall, ResilientConfig};
 use callworker_client::twilio::{StreamEvent, TwilioSimulator, Twiml};
 use callworker_testkit::{
-    OPERATOR_KEY, RedisCluster, RedisServer, Signal, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker,
-    WorkerOptions,
+    OPERATOR_KEY, RedisCluster, RedisServer, Signal, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions,
 };
 use common::*;
 use serde_json::{Value, json};

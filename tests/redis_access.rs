@@ -12,7 +12,9 @@ use std::time::Duration;
 use callworker_client::api::ControlApi;
 use callworker_client::native::{self, ServerEvent};
 use callworker_protocol::native::ServerControl;
-use callworker_testkit::{RedisServer, TlsFiles, Worker, WorkerOptions, redis_cli, workspace_root};
+use callworker_testkit::{
+    OPERATOR_KEY, RedisServer, TENANT_KEY, TlsFiles, Worker, WorkerOptions, redis_cli, workspace_root,
+};
 use common::*;
 use serde_json::{Value, json};
 
@@ -23,7 +25,7 @@ const FRAMES: u64 = 25;
 /// One recorded echo call through `worker`: every frame echoed and acked (so checkpoints
 /// were written), the recording exactly the audio sent; the worker is registered and ready.
 async fn one_recorded_call(worker: &Worker) {
-    let api = ControlApi::new(&worker.base_url);
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
     let created =
         api.create_call(&json!({ "program": echo_program(), "record": {"inbound": true} })).await.unwrap();
     let hello = native::first_hello(created.call_id(), &created.resume_token, PCMU_8K);
@@ -56,8 +58,16 @@ async fn one_recorded_call(worker: &Worker) {
     let wav = api.http().get(url).send().await.unwrap().bytes().await.unwrap();
     let at = wav.windows(4).position(|w| w == b"data").expect("a data chunk");
     assert!(wav[at + 8..] == sent[..], "the recording is exactly the audio sent");
-    let workers: Value =
-        api.http().get(format!("{}/v1/workers", api.base_url())).send().await.unwrap().json().await.unwrap();
+    let workers: Value = api
+        .http()
+        .get(format!("{}/v1/workers", api.base_url()))
+        .bearer_auth(OPERATOR_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(workers["workers"].as_array().map(Vec::len), Some(1), "{workers}");
     let ready = api.http().get(format!("{}/readyz", api.base_url())).send().await.unwrap();
     assert_eq!(ready.status(), 200);

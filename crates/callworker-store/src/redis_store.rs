@@ -151,7 +151,7 @@ const PRELUDE: &str = include_str!("../lua/prelude.lua");
 /// the store contract as a user with exactly these). `EVAL` is how a node that lacks a
 /// script gets it, so `SCRIPT` is not needed.
 pub const ACL_COMMANDS: &str = "+ping +time +eval +evalsha +exists +get +strlen +append +del +pexpire \
-     +hget +hmget +hgetall +hset +hincrby +hdel +zadd +zrem +zrange +zremrangebyscore";
+     +hget +hmget +hgetall +hset +hincrby +hdel +zadd +zrem +zrange +zremrangebyscore +zcard +zrandmember";
 /// What a cluster user needs beyond [`ACL_COMMANDS`]: the client reads the slot map.
 pub const ACL_COMMANDS_CLUSTER: &str = "+cluster|slots";
 
@@ -737,12 +737,17 @@ impl RedisStore {
                     return Ok(live);
                 }
                 let ids: Vec<Option<CallId>> = members.iter().map(|m| CallId::parse(m).ok()).collect();
-                let mut read = redis::pipe();
-                for id in &ids {
-                    let hash = id.as_ref().map(|id| self.keys.call(id)).unwrap_or_default();
-                    read.cmd("HGET").arg(hash).arg("status");
-                }
-                let statuses: Vec<Option<String>> = read.query_async(&mut conn).await.map_err(store_error)?;
+                // One command per call: each call's hash is in its own slot.
+                let reads = ids
+                    .iter()
+                    .map(|id| {
+                        let hash = id.as_ref().map(|id| self.keys.call(id)).unwrap_or_default();
+                        let mut read = redis::cmd("HGET");
+                        read.arg(hash).arg("status");
+                        read
+                    })
+                    .collect();
+                let statuses: Vec<Option<String>> = self.query_each(reads).await?;
                 let mut gone = redis::pipe();
                 let mut removed = 0usize;
                 for (member, status) in members.iter().zip(&statuses) {

@@ -104,7 +104,9 @@ impl WorkerFacts {
             authenticated: config.auth.required,
             list_cursor_pattern: match config.store {
                 crate::config::StoreConfig::Memory { .. } => callworker_store::memory::LIST_CURSOR_PATTERN,
-                crate::config::StoreConfig::Redis { .. } => callworker_store::redis_store::LIST_CURSOR_PATTERN,
+                crate::config::StoreConfig::Redis { .. } => {
+                    callworker_store::redis_store::LIST_CURSOR_PATTERN
+                }
             },
         }
     }
