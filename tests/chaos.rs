@@ -6,11 +6,14 @@
 //! byte-exact, every call ended once with a reason. Each scenario prints its figures
 //! (`chaos figures: …`): calls, dropped, fenced writes, max concurrent owners.
 //!
-//! Each worker reaches the store through its own [`FaultProxy`], so a fault can cut one
-//! worker off while the others (and their reapers) still see the store. The store itself
-//! is a [`Backend`]: one `redis-server` today; a Redis Cluster backend plugs in as another
-//! variant (its nodes' ports behind one proxy each, announced to clients through the
-//! proxies), chosen with `CHAOS_BACKEND`.
+//! Every scenario runs on two stores ([`Backend`]): one `redis-server` (`name::single`) and
+//! a Redis Cluster of three primaries (`name::cluster`). On one server each worker reaches
+//! the store through its own [`FaultProxy`], so a fault can cut one worker off while the
+//! others (and their reapers) still see the store. A cluster tells every client the same
+//! node addresses (and the redis crate cannot remap them per client), so there each node
+//! sits behind one proxy that every worker goes through, announced to the clients with
+//! `cluster-announce-port`: a fault on "link 0" cuts one shard off from every worker
+//! instead of one worker off from the store.
 //!
 //! `CHAOS_LONG=1` stretches every phase (×4) and runs more calls, for figures; the default
 //! keeps the whole suite within a few minutes on a 2-core machine.
@@ -25,7 +28,9 @@ use callworker_client::api::{ControlApi, metric_sum};
 use callworker_client::resilient::{CallEvent, EndCause, ResilientCall, ResilientConfig};
 use callworker_client::twilio::{StreamEvent, TwilioSimulator, TwilioStream};
 use callworker_testkit::proxy::FaultProxy;
-use callworker_testkit::{RedisServer, Signal, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions};
+use callworker_testkit::{
+    RedisCluster, RedisServer, Signal, TENANT_KEY, TWILIO_AUTH_TOKEN, Worker, WorkerOptions, redis_cli,
+};
 use callworker_tests::history::{self, CallHistory, FleetFacts, Observed, ServerFacts, Transport, What};
 use common::*;
 use serde_json::json;
@@ -58,78 +63,181 @@ fn calls_per_worker() -> usize {
     if long() { 6 } else { 2 }
 }
 
-/// The store the fleet shares. A backend starts its servers, says which loopback ports a
-/// worker's proxies forward to (one per node), how a worker is configured to reach the
-/// store through those proxies, and how to crash, restart and freeze it.
+/// Runs each `async fn name(kind: BackendKind)` as two tests, `name::single` and
+/// `name::cluster`, so one scenario covers both stores.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn single() {
+                super::$name(super::BackendKind::Single).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn cluster() {
+                super::$name(super::BackendKind::Cluster).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    latency_spikes,
+    stalls_shorter_and_longer_than_the_write_timeout_and_the_lease,
+    connection_resets_and_refusals,
+    blackhole_then_heal,
+    redis_kill_9_and_restart,
+    redis_sigstop_and_sigcont,
+    worker_sigstop_past_its_lease_is_fenced,
+    cpu_starvation_of_a_worker,
+);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BackendKind {
+    Single,
+    Cluster,
+}
+
+/// The store the fleet shares. A backend starts its servers, says which proxies the
+/// workers reach it through, how a worker is configured to use them, and how to crash,
+/// restart and freeze it.
 enum Backend {
-    /// One `redis-server` (AOF `everysec`, `noeviction`).
-    Redis(RedisServer),
+    /// One `redis-server` (AOF `everysec`, `noeviction`); every worker gets its own proxy.
+    Single(RedisServer),
+    /// Three primaries, each behind one proxy that every worker shares (the proxy on
+    /// `proxy_ports[i]` in front of `nodes[i]`), announced to clients in place of the node's
+    /// own port. The fleet takes the proxies themselves (its links).
+    Cluster { cluster: RedisCluster, proxy_ports: Vec<u16>, proxies: Vec<FaultProxy> },
 }
 
 impl Backend {
-    async fn start() -> Backend {
-        match std::env::var("CHAOS_BACKEND").as_deref() {
-            Err(_) | Ok("redis") => Backend::Redis(RedisServer::start().await.unwrap()),
-            Ok(other) => panic!("CHAOS_BACKEND={other}: unknown backend (known: redis)"),
+    async fn start(kind: BackendKind) -> Backend {
+        match kind {
+            BackendKind::Single => Backend::Single(RedisServer::start().await.unwrap()),
+            BackendKind::Cluster => {
+                let cluster = RedisCluster::start(3).await.unwrap();
+                let proxies: Vec<FaultProxy> =
+                    cluster.nodes.iter().map(|n| FaultProxy::to_local_port(n.port()).unwrap()).collect();
+                let proxy_ports = proxies.iter().map(FaultProxy::port).collect();
+                let backend = Backend::Cluster { cluster, proxy_ports, proxies };
+                backend.announce_proxies().await;
+                backend
+            }
         }
     }
 
     fn name(&self) -> &'static str {
         match self {
-            Backend::Redis(_) => "redis",
+            Backend::Single(_) => "redis",
+            Backend::Cluster { .. } => "cluster",
         }
     }
 
-    /// The ports a worker's proxies forward to, one per node.
-    fn upstream_ports(&self) -> Vec<u16> {
+    /// Makes every cluster node announce its proxy's port (and its own bus port, which the
+    /// nodes use among themselves, unproxied), and waits until every node's `CLUSTER
+    /// SLOTS` names only proxies: from then on a client that asks any node for the slot
+    /// map, or follows a `MOVED`, goes through the proxies.
+    async fn announce_proxies(&self) {
+        let Backend::Cluster { cluster, proxy_ports, .. } = self else { return };
+        let pairs: Vec<(u16, u16)> =
+            cluster.nodes.iter().map(RedisServer::port).zip(proxy_ports.clone()).collect();
+        tokio::task::spawn_blocking(move || {
+            for (node, proxy) in &pairs {
+                // `free_cluster_port` keeps the default bus port (port + 10000) free.
+                let bus = (node + 10_000).to_string();
+                redis_cli(*node, &["CONFIG", "SET", "cluster-announce-bus-port", &bus]).unwrap();
+                redis_cli(*node, &["CONFIG", "SET", "cluster-announce-port", &proxy.to_string()]).unwrap();
+            }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let announced = pairs.iter().all(|(node, _)| {
+                    let slots = redis_cli(*node, &["CLUSTER", "SLOTS"]).unwrap_or_default();
+                    let ports: Vec<&str> = slots.lines().map(str::trim).collect();
+                    pairs.iter().all(|(n, p)| {
+                        ports.contains(&p.to_string().as_str()) && !ports.contains(&n.to_string().as_str())
+                    })
+                });
+                if announced {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "the cluster did not announce its proxies within 20 s");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+        .await
+        .unwrap();
+    }
+
+    /// Proxies for a new worker, one per node: its own on one server, the shared ones on a
+    /// cluster.
+    fn proxies_for_worker(&self) -> Vec<FaultProxy> {
         match self {
-            Backend::Redis(r) => vec![r.port()],
+            Backend::Single(r) => vec![FaultProxy::to_local_port(r.port()).unwrap()],
+            Backend::Cluster { .. } => Vec::new(),
         }
     }
 
-    /// Store settings of a worker whose proxies listen on `proxy_ports` (in the order of
-    /// [`Backend::upstream_ports`]).
-    fn worker_env(&self, proxy_ports: &[u16]) -> Vec<(String, String)> {
+    /// Store settings of a worker whose own proxies listen on `ports` (none on a cluster).
+    fn worker_env(&self, ports: &[u16]) -> Vec<(String, String)> {
+        let (mode, url) = match self {
+            Backend::Single(_) => ("standalone", format!("redis://127.0.0.1:{}", ports[0])),
+            Backend::Cluster { proxy_ports, .. } => (
+                "cluster",
+                proxy_ports.iter().map(|p| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(","),
+            ),
+        };
+        vec![
+            ("CALLWORKER_STORE__KIND".into(), "redis".into()),
+            ("CALLWORKER_STORE__REDIS_MODE".into(), mode.into()),
+            ("CALLWORKER_STORE__REDIS_URL".into(), url),
+        ]
+    }
+
+    /// kill -9 every node.
+    fn crash(&mut self) {
         match self {
-            Backend::Redis(_) => vec![
-                ("CALLWORKER_STORE__KIND".into(), "redis".into()),
-                ("CALLWORKER_STORE__REDIS_URL".into(), format!("redis://127.0.0.1:{}", proxy_ports[0])),
-            ],
+            Backend::Single(r) => r.kill(),
+            Backend::Cluster { cluster, .. } => cluster.nodes.iter_mut().for_each(RedisServer::kill),
         }
     }
 
-    /// kill -9 every node, then start them again on the same ports and data (AOF replay).
-    async fn crash(&mut self) {
-        match self {
-            Backend::Redis(r) => r.kill(),
-        }
-    }
-
+    /// Starts every node again on the same ports and data (AOF replay; a cluster node also
+    /// reads its `nodes.conf`), and on a cluster announces the proxies again.
     async fn restart(&mut self) {
         match self {
-            Backend::Redis(r) => r.restart().await.unwrap(),
+            Backend::Single(r) => r.restart().await.unwrap(),
+            Backend::Cluster { cluster, .. } => {
+                for node in &mut cluster.nodes {
+                    node.restart().await.unwrap();
+                }
+                cluster.wait_ok().await.unwrap();
+            }
         }
+        self.announce_proxies().await;
     }
 
     /// SIGSTOP every node (sockets stay open; nothing answers).
     fn freeze(&self) {
         match self {
-            Backend::Redis(r) => r.stop().unwrap(),
+            Backend::Single(r) => r.stop().unwrap(),
+            Backend::Cluster { cluster, .. } => cluster.nodes.iter().for_each(|n| n.stop().unwrap()),
         }
     }
 
     fn thaw(&self) {
         match self {
-            Backend::Redis(r) => r.cont().unwrap(),
+            Backend::Single(r) => r.cont().unwrap(),
+            Backend::Cluster { cluster, .. } => cluster.nodes.iter().for_each(|n| n.cont().unwrap()),
         }
     }
 }
 
-/// A fleet of workers, each reaching the store through its own proxies.
+/// A fleet of workers and the proxies between them and the store.
 struct Fleet {
     name: String,
     backend: Backend,
-    /// Per worker, one proxy per store node.
+    /// The links a scenario faults, in groups: on one server, worker `i`'s proxies; on a
+    /// cluster, the proxy of node `i` (shared by every worker).
     links: Vec<Vec<FaultProxy>>,
     workers: Vec<Worker>,
     /// Time zero of every history.
@@ -137,15 +245,14 @@ struct Fleet {
 }
 
 impl Fleet {
-    async fn start(name: &str, workers: usize) -> Fleet {
-        let backend = Backend::start().await;
+    async fn start(kind: BackendKind, name: &str, workers: usize) -> Fleet {
+        let mut backend = Backend::start(kind).await;
         let mut links = Vec::new();
         let mut started = Vec::new();
         for i in 0..workers {
-            let proxies: Vec<FaultProxy> =
-                backend.upstream_ports().into_iter().map(|p| FaultProxy::to_local_port(p).unwrap()).collect();
+            let proxies = backend.proxies_for_worker();
             let ports: Vec<u16> = proxies.iter().map(FaultProxy::port).collect();
-            let mut options = WorkerOptions::named(&format!("chaos-{name}-w{i}"))
+            let mut options = WorkerOptions::named(&format!("chaos-{name}-{}-w{i}", backend.name()))
                 .env("CALLWORKER_CHECKPOINT__INTERVAL_MS", &CHECKPOINT_INTERVAL_MS.to_string())
                 .env("CALLWORKER_CHECKPOINT__LEASE_MS", &LEASE_MS.to_string())
                 .env("CALLWORKER_STORE__REDIS_RESPONSE_TIMEOUT_MS", &RESPONSE_TIMEOUT_MS.to_string())
@@ -158,10 +265,21 @@ impl Fleet {
                 options = options.env(&k, &v);
             }
             started.push(Worker::start(options).await.unwrap());
-            links.push(proxies);
+            if !proxies.is_empty() {
+                links.push(proxies);
+            }
+        }
+        if let Backend::Cluster { proxies, .. } = &mut backend {
+            links = std::mem::take(proxies).into_iter().map(|p| vec![p]).collect();
         }
         println!("chaos {name}: backend {}, {workers} workers", backend.name());
-        Fleet { name: name.to_owned(), backend, links, workers: started, t0: Instant::now() }
+        Fleet {
+            name: format!("{name}/{}", backend.name()),
+            backend,
+            links,
+            workers: started,
+            t0: Instant::now(),
+        }
     }
 
     fn api(&self, i: usize) -> ControlApi {
@@ -174,9 +292,21 @@ impl Fleet {
         (0..n).map(|k| format!("ws://127.0.0.1:{}/v1/media", self.workers[(first + k) % n].port)).collect()
     }
 
-    /// Applies `f` to every proxy of worker `i`.
+    /// Applies `f` to link group `i`: worker `i`'s proxies on one server, node `i`'s proxy
+    /// on a cluster.
     fn link(&self, i: usize, f: impl Fn(&FaultProxy)) {
         self.links[i].iter().for_each(f);
+    }
+
+    /// The link group that cuts `call` (a call of worker 0) off from the store: worker 0's
+    /// on one server; on a cluster, the proxy of the node that holds the call's keys.
+    fn link_of(&self, call: &RunningCall) -> usize {
+        match &self.backend {
+            Backend::Single(_) => 0,
+            Backend::Cluster { cluster, .. } => {
+                cluster.node_for_key(&format!("cw:call:{{{}}}", call.call_id)).unwrap()
+            }
+        }
     }
 
     /// Applies `f` to every proxy of every worker.
@@ -510,9 +640,8 @@ async fn fleet_facts(fleet: &Fleet) -> FleetFacts {
 
 /// Latency between every worker and the store: first below the response timeout, then a
 /// spike above it (every write times out and is retried), then back to normal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn latency_spikes() {
-    let fleet = Fleet::start("latency", 2).await;
+async fn latency_spikes(kind: BackendKind) {
+    let fleet = Fleet::start(kind, "latency", 2).await;
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(1_000)).await;
     fleet.all_links(|p| p.set_latency(Duration::from_millis(60), Duration::from_millis(60)));
@@ -525,18 +654,19 @@ async fn latency_spikes() {
     finish(&fleet, calls).await;
 }
 
-/// Stalls of one worker's link: shorter than the write timeout, longer than it but shorter
+/// Stalls of one worker's link (on a cluster: of the node holding that worker's first call,
+/// for every worker): shorter than the write timeout, longer than it but shorter
 /// than the lease, and longer than the lease (the other worker's reaper sees the lease
 /// lapse, but the resume window has not passed: the call stays with its owner).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stalls_shorter_and_longer_than_the_write_timeout_and_the_lease() {
-    let fleet = Fleet::start("stall", 2).await;
+async fn stalls_shorter_and_longer_than_the_write_timeout_and_the_lease(kind: BackendKind) {
+    let fleet = Fleet::start(kind, "stall", 2).await;
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(1_000)).await;
+    let cut = fleet.link_of(&calls[0]);
     for stall_ms in [RESPONSE_TIMEOUT_MS / 2, (RESPONSE_TIMEOUT_MS + LEASE_MS) / 2, LEASE_MS * 2] {
-        fleet.link(0, FaultProxy::stall);
+        fleet.link(cut, FaultProxy::stall);
         tokio::time::sleep(Duration::from_millis(stall_ms)).await;
-        fleet.link(0, FaultProxy::resume);
+        fleet.link(cut, FaultProxy::resume);
         tokio::time::sleep(phase(1_000)).await;
     }
     wait_caught_up(&fleet, &calls).await;
@@ -545,9 +675,8 @@ async fn stalls_shorter_and_longer_than_the_write_timeout_and_the_lease() {
 
 /// Every connection to the store reset, repeatedly; then new connections refused for a
 /// while (reconnects fail) and the current ones reset.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connection_resets_and_refusals() {
-    let fleet = Fleet::start("reset", 2).await;
+async fn connection_resets_and_refusals(kind: BackendKind) {
+    let fleet = Fleet::start(kind, "reset", 2).await;
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(1_000)).await;
     for _ in 0..3 {
@@ -564,19 +693,19 @@ async fn connection_resets_and_refusals() {
     finish(&fleet, calls).await;
 }
 
-/// One worker's link swallows every byte for longer than the lease (a half-open
+/// One worker's link (on a cluster: the node holding that worker's first call) swallows every byte for longer than the lease (a half-open
 /// connection: no error, no answer), then heals. The worker must find the store again on
 /// its own and catch up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn blackhole_then_heal() {
-    let fleet = Fleet::start("blackhole", 2).await;
+async fn blackhole_then_heal(kind: BackendKind) {
+    let fleet = Fleet::start(kind, "blackhole", 2).await;
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(1_000)).await;
-    fleet.link(0, FaultProxy::blackhole);
+    let cut = fleet.link_of(&calls[0]);
+    fleet.link(cut, FaultProxy::blackhole);
     // Longer than the lease; with CHAOS_LONG=1 12 s, still within the clients' 15 s replay
     // buffer.
     tokio::time::sleep(phase(LEASE_MS * 2)).await;
-    fleet.link(0, FaultProxy::heal);
+    fleet.link(cut, FaultProxy::heal);
     wait_caught_up(&fleet, &calls).await;
     finish(&fleet, calls).await;
 }
@@ -584,12 +713,11 @@ async fn blackhole_then_heal() {
 /// kill -9 of Redis, down for a second, restarted on its AOF. The calls were created and
 /// attached well over a second before (`appendfsync everysec` loses up to about a second
 /// of writes; an attach lost that way is a known limit, see docs/operations.md).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_kill_9_and_restart() {
-    let mut fleet = Fleet::start("rediskill", 2).await;
+async fn redis_kill_9_and_restart(kind: BackendKind) {
+    let mut fleet = Fleet::start(kind, "rediskill", 2).await;
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(2_500)).await;
-    fleet.backend.crash().await;
+    fleet.backend.crash();
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     fleet.backend.restart().await;
     wait_caught_up(&fleet, &calls).await;
@@ -599,9 +727,8 @@ async fn redis_kill_9_and_restart() {
 
 /// Redis frozen (SIGSTOP) past the lease, then thawed: every worker's writes time out, then
 /// everything queued is answered in order.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn redis_sigstop_and_sigcont() {
-    let fleet = Fleet::start("redisstop", 2).await;
+async fn redis_sigstop_and_sigcont(kind: BackendKind) {
+    let fleet = Fleet::start(kind, "redisstop", 2).await;
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(1_000)).await;
     fleet.backend.freeze();
@@ -620,9 +747,8 @@ async fn redis_sigstop_and_sigcont() {
 /// connection to the frozen worker after it resumed on the other one, and had kept sending
 /// on it until then, as a client that does not yet know the worker froze does: whatever
 /// the thawed worker sends there goes into the history, unfiltered.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn worker_sigstop_past_its_lease_is_fenced() {
-    let fleet = Fleet::start("workerstop", 2).await;
+async fn worker_sigstop_past_its_lease_is_fenced(kind: BackendKind) {
+    let fleet = Fleet::start(kind, "workerstop", 2).await;
     let mut calls = start_calls(&fleet, 0).await;
     let observer = SplitBrainObserver::start(&fleet, calls.len()).await;
     tokio::time::sleep(phase(1_000)).await;
@@ -871,9 +997,8 @@ impl MovedObserver {
 /// 100 ms, then 450 of every 500 ms, then 2 s of every 2.5 s: longer than the lease but
 /// shorter than the clients' liveness timeout, so the worker keeps its calls and must
 /// confirm its ownership after each pause before it drives them again.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cpu_starvation_of_a_worker() {
-    let fleet = Fleet::start("starve", 2).await;
+async fn cpu_starvation_of_a_worker(kind: BackendKind) {
+    let fleet = Fleet::start(kind, "starve", 2).await;
     let calls = start_calls(&fleet, 1).await;
     tokio::time::sleep(phase(1_000)).await;
     let phases = [(60, 100, phase(3_000)), (450, 500, phase(3_000)), (2_000, 2_500, phase(5_000))];

@@ -10,22 +10,26 @@
 //! the heal goes to an older request that never got its own, and a request may receive
 //! another command's reply.
 //!
-//! So the store counts timeouts in a row (a reply of any kind resets the count). After
+//! So the store counts timeouts in a row (a reply of any kind resets the count). On a
+//! cluster a reply says nothing about the other nodes' connections (one node's link can go
+//! half-open while the others answer), so there the store counts the timeouts within
+//! [`CLUSTER_TIMEOUT_WINDOW`] instead, whatever was answered meanwhile. After
 //! [`RECONNECT_AFTER_TIMEOUTS`] of them it drops the connection at once, so that no
 //! command goes to it any more (commands fail fast with an unavailable store meanwhile,
 //! and their callers retry as after any error), and builds a new one in the background,
 //! retrying with backoff until Redis answers a `PING` on it. Each rebuild is counted in
 //! `callworker_store_reconnects_total`.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionLike;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tracing::{info, warn};
 
-use super::{Connection, RedisStore, RedisStoreOptions, open};
+use super::{Connection, RedisMode, RedisStore, RedisStoreOptions, open};
 use crate::StoreError;
 use crate::metrics as m;
 
@@ -33,6 +37,10 @@ use crate::metrics as m;
 /// slow reply (a large recording, a Redis fork) does not cost a reconnect, while a dead
 /// connection is replaced within about three response timeouts.
 pub const RECONNECT_AFTER_TIMEOUTS: u32 = 3;
+/// On a cluster: the window in which [`RECONNECT_AFTER_TIMEOUTS`] timeouts rebuild the
+/// connection. Ten default response timeouts: a node that stops answering is replaced within
+/// about three of them, and a timeout now and then (a slow reply) never adds up to three.
+pub const CLUSTER_TIMEOUT_WINDOW: Duration = Duration::from_secs(5);
 /// First and longest wait between two failed attempts to rebuild the connection.
 const REBUILD_DELAY_MIN: Duration = Duration::from_millis(50);
 const REBUILD_DELAY_MAX: Duration = Duration::from_secs(1);
@@ -51,6 +59,9 @@ struct Inner {
     /// `None` while a rebuild runs: the old connection is not trusted any more.
     current: RwLock<Option<Connection>>,
     timeouts_in_row: AtomicU32,
+    /// On a cluster, when the latest timeouts happened (at most [`RECONNECT_AFTER_TIMEOUTS`]);
+    /// `None` on one server.
+    cluster_timeouts: Option<Mutex<VecDeque<Instant>>>,
     rebuilding: AtomicBool,
     reconnects: AtomicU64,
     db: i64,
@@ -72,30 +83,47 @@ impl SharedConnection {
             }
         };
         let inner = Inner {
-            options,
             connect_timeout,
             db: conn.get_db(),
             current: RwLock::new(Some(conn)),
             timeouts_in_row: AtomicU32::new(0),
+            cluster_timeouts: (options.mode == RedisMode::Cluster).then(Mutex::default),
             rebuilding: AtomicBool::new(false),
             reconnects: AtomicU64::new(0),
+            options,
         };
         Ok(SharedConnection { inner: Arc::new(inner) })
     }
 
-    /// A command was answered (with anything, errors included): the connection works.
+    /// A command was answered (with anything, errors included): the connection works (on a
+    /// cluster: that node's connection; see [`CLUSTER_TIMEOUT_WINDOW`]).
     pub(super) fn answered(&self) {
         self.inner.timeouts_in_row.store(0, Ordering::Relaxed);
     }
 
-    /// A command was not answered in time; after [`RECONNECT_AFTER_TIMEOUTS`] in a row the
-    /// connection is dropped and rebuilt.
+    /// A command was not answered in time; after [`RECONNECT_AFTER_TIMEOUTS`] in a row (on a
+    /// cluster: within [`CLUSTER_TIMEOUT_WINDOW`]) the connection is dropped and rebuilt.
     pub(super) fn timed_out(&self) {
-        let in_row = self.inner.timeouts_in_row.fetch_add(1, Ordering::Relaxed) + 1;
-        if in_row < RECONNECT_AFTER_TIMEOUTS || self.inner.rebuilding.swap(true, Ordering::AcqRel) {
+        let counted = match &self.inner.cluster_timeouts {
+            None => self.inner.timeouts_in_row.fetch_add(1, Ordering::Relaxed) + 1,
+            Some(recent) => {
+                let mut recent = recent.lock().unwrap_or_else(PoisonError::into_inner);
+                let now = Instant::now();
+                recent.retain(|at| now.duration_since(*at) < CLUSTER_TIMEOUT_WINDOW);
+                if recent.len() == RECONNECT_AFTER_TIMEOUTS as usize {
+                    recent.pop_front();
+                }
+                recent.push_back(now);
+                recent.len() as u32
+            }
+        };
+        if counted < RECONNECT_AFTER_TIMEOUTS || self.inner.rebuilding.swap(true, Ordering::AcqRel) {
             return;
         }
-        warn!(timeouts = in_row, "redis stopped answering on its connection; reconnecting");
+        if let Some(recent) = &self.inner.cluster_timeouts {
+            recent.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        }
+        warn!(timeouts = counted, "redis stopped answering on its connection; reconnecting");
         // Dropped now, so no command waits on it (or is answered out of step) any more.
         *self.inner.current.write().unwrap_or_else(PoisonError::into_inner) = None;
         tokio::spawn(rebuild(Arc::downgrade(&self.inner)));
