@@ -196,7 +196,7 @@ async fn actions_follow_the_call_after_kill_9_and_mute_survives_the_failover() {
 /// owner's lease still runs), never a success; a hang-up ends it through the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_whose_worker_died_answers_call_not_attached_and_can_be_hung_up() {
-    let mut fleet = Fleet::start("act-dead", 2, &[]).await;
+    let mut fleet = Fleet::start("act-dead", 3, &[]).await;
     let api = fleet.api(1);
     let (created, tx, rx, _) = native_call(&fleet.api(0), echo_program()).await;
     let id = created.call_id().to_owned();
@@ -224,6 +224,19 @@ async fn a_call_whose_worker_died_answers_call_not_attached_and_can_be_hung_up()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let view = api.action(&id, &json!({"type": "hangup"})).await.unwrap();
+    assert_eq!(view["end_reason"], "api_ended", "{view}");
+    native::abort(tx, rx);
+
+    // A hang-up does not wait for a dead owner's entry to lapse: right after a kill, while
+    // the other actions answer owner_unreachable or call_not_attached, it ends the call.
+    let (created, tx, rx, _) = native_call(&fleet.api(2), echo_program()).await;
+    fleet.workers[2].kill();
+    let url = format!("{}/v1/calls/{}/actions", api.base_url(), created.call_id());
+    let response =
+        api.http().post(&url).json(&json!({"type": "mute", "direction": "both"})).send().await.unwrap();
+    let status = response.status().as_u16();
+    assert!(status == 503 || status == 409, "a dead owner: {status}");
+    let view = api.action(created.call_id(), &json!({"type": "hangup"})).await.unwrap();
     assert_eq!(view["end_reason"], "api_ended", "{view}");
     native::abort(tx, rx);
 }

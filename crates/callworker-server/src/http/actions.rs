@@ -2,9 +2,9 @@
 //!
 //! - the session driving the call on this worker applies it;
 //! - otherwise the worker that carries the call is asked ([`crate::forward`]), once;
-//! - otherwise nobody drives the call: a `hangup` ends it through the store, anything else
-//!   answers 409 `call_not_attached` with `Retry-After` (the call resumes when its client
-//!   reconnects; actions are not queued for it).
+//! - otherwise nobody drives the call: a `hangup` ends it through the store (also when the
+//!   owner cannot be reached), anything else answers 409 `call_not_attached` with
+//!   `Retry-After` (the call resumes when its client reconnects; actions are not queued).
 //!
 //! A `transfer` of a Twilio call first redirects the call to `<Dial>` through Twilio's REST
 //! API, and ends it `transferred` only once Twilio took the redirect; a native call is told
@@ -89,7 +89,13 @@ pub async fn apply(
             return Err(forward::owner_moved());
         }
     } else if let Route::Owner(owner) = forward::route(state, &record).await? {
-        return forward::forward(state, &owner, &id, &caller, body).await;
+        match forward::forward(state, &owner, &id, &caller, body).await {
+            // A hang-up need not wait for an unreachable owner: ending the call in the store
+            // is fenced, and an owner that is alive after all learns of the end on its next
+            // write and says goodbye to its client.
+            Err(e) if e.code == "owner_unreachable" && matches!(action, Action::Hangup) => {}
+            relayed => return relayed,
+        }
     }
     if matches!(action, Action::Hangup) {
         let call = calls::end_in_store(state, &id, EndReason::ApiEnded).await?;
