@@ -6,7 +6,9 @@ use serde::{Deserialize, Serialize};
 use crate::dsp;
 use crate::end::{EndReason, ResumeCause};
 use crate::ids::{CallId, TenantId};
-use crate::program::{Action, Effects, Overlay, ProgramEvent, ProgramSpec, ProgramState, SpecError};
+use crate::program::{
+    Action, Effects, MuteDirection, Overlay, ProgramEvent, ProgramSpec, ProgramState, SpecError, ToneSegment,
+};
 use crate::time::UnixMillis;
 use crate::timeline::{EventKind, Timeline};
 
@@ -142,6 +144,18 @@ pub struct MediaPositions {
     pub outbound_dropped_frames: u64,
 }
 
+/// Which ways of the call's audio are silenced by `mute` actions (format 3). Part of the
+/// call's state, so a mute survives a failover.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Mute {
+    /// The program hears silence instead of the caller (the recording keeps what the caller
+    /// sent: it is the session that records inbound audio, before the program).
+    pub inbound: bool,
+    /// The caller hears silence instead of the program (and the outbound recording holds
+    /// that silence, since it records what was sent).
+    pub outbound: bool,
+}
+
 /// One call: identity, status, media positions, program state and timeline.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Call {
@@ -174,6 +188,11 @@ pub struct Call {
     /// Why the last session let go of the call when it moved it on purpose (migration,
     /// drain); the next attach reports it as the resume cause (format 2).
     pub detach_cause: Option<ResumeCause>,
+    /// Which ways of the audio are muted (format 3).
+    pub mute: Mute,
+    /// Segments of a `play` action still to come after the current overlay, in order
+    /// (format 3). Bounded by the action's own bound (`TONE_SEGMENTS_MAX`).
+    pub play_queue: std::collections::VecDeque<ToneSegment>,
 }
 
 /// Something that happened to the call, fed to [`Call::handle`].
@@ -244,6 +263,8 @@ impl Call {
             recording: spec.recording,
             twilio: None,
             detach_cause: None,
+            mute: Mute::default(),
+            play_queue: std::collections::VecDeque::new(),
         })
     }
 
@@ -359,7 +380,13 @@ impl Call {
             return;
         }
         let mut fx = Effects::default();
-        self.program.audio(now, payload, &self.limits, &mut fx);
+        if self.mute.inbound {
+            // The program hears silence of the same length, so its timing is unchanged.
+            let silence = vec![silence_byte(self.audio.encoding); payload.len()];
+            self.program.audio(now, &silence, &self.limits, &mut fx);
+        } else {
+            self.program.audio(now, payload, &self.limits, &mut fx);
+        }
         self.apply_program_effects(now, fx, out);
     }
 
@@ -377,6 +404,22 @@ impl Call {
         self.apply_program_effects(now, fx, out);
     }
 
+    /// Digits of an `inject_dtmf` action, delivered one by one as key presses would be,
+    /// recorded with source `api`. A digit that ends the call (a hang-up digit) ends it, and
+    /// the rest are not delivered.
+    fn inject_dtmf(&mut self, now: UnixMillis, digits: &str, out: &mut Vec<Output>) {
+        for digit in digits.chars() {
+            if self.status == CallStatus::Ended {
+                return;
+            }
+            self.timeline.push(now, EventKind::DtmfInjected { digit });
+            let mut fx = Effects::default();
+            self.program.dtmf(now, digit, &mut fx);
+            self.apply_program_effects(now, fx, out);
+        }
+        out.push(Output::Checkpoint);
+    }
+
     fn on_action(&mut self, now: UnixMillis, action: Action, out: &mut Vec<Output>) {
         // The API refuses invalid actions with a reason; one that reaches the call anyway
         // (a bug, or a hand-made request) is ignored rather than half-applied.
@@ -386,16 +429,47 @@ impl Call {
         self.timeline.push(now, EventKind::ActionApplied { action: action.name().to_owned() });
         match action {
             Action::PlayTone { freqs_hz, duration_ms } => {
-                let mut overlay = Overlay::new(freqs_hz, duration_ms);
-                if self.attached {
-                    overlay.attach(now);
-                }
-                self.overlay = Some(overlay);
+                self.play_queue.clear();
+                self.start_overlay(now, ToneSegment { freqs_hz, duration_ms });
                 out.push(Output::Checkpoint);
             }
             Action::SwitchProgram { program } => self.switch_program(now, &program, out),
             Action::Hangup => self.end(now, EndReason::ApiEnded, out),
+            Action::Play { segments } => {
+                self.play_queue = segments.into();
+                if let Some(first) = self.play_queue.pop_front() {
+                    self.start_overlay(now, first);
+                }
+                out.push(Output::Checkpoint);
+            }
+            Action::InjectDtmf { digits } => self.inject_dtmf(now, &digits, out),
+            Action::Mute { direction } => self.set_mute(direction, true, out),
+            Action::Unmute { direction } => self.set_mute(direction, false, out),
+            Action::Transfer { to } => {
+                out.push(Output::Notify { name: "transfer", detail: Some(to) });
+                self.end(now, EndReason::Transferred, out);
+            }
         }
+    }
+
+    /// Plays `segment` over the program from `now` (replacing any overlay playing).
+    fn start_overlay(&mut self, now: UnixMillis, segment: ToneSegment) {
+        let mut overlay = Overlay::new(segment.freqs_hz, segment.duration_ms);
+        if self.attached {
+            overlay.attach(now);
+        }
+        self.overlay = Some(overlay);
+    }
+
+    fn set_mute(&mut self, direction: MuteDirection, on: bool, out: &mut Vec<Output>) {
+        let (inbound, outbound) = direction.ways();
+        if inbound {
+            self.mute.inbound = on;
+        }
+        if outbound {
+            self.mute.outbound = on;
+        }
+        out.push(Output::Checkpoint);
     }
 
     fn on_timeout(&mut self, now: UnixMillis, out: &mut Vec<Output>) {
@@ -411,12 +485,18 @@ impl Call {
             overlay.run_due(now, self.audio, &mut fx);
             // Cleared only once its last frame has played, so the program's frames due at
             // the same instant take over without overlapping it.
-            if overlay.is_finished(now) {
-                self.overlay = None;
-            }
+            let finished = overlay.is_finished(now);
             self.media.outbound_dropped_frames += fx.dropped_frames;
             for frame in fx.frames {
                 self.emit_audio(frame, out);
+            }
+            if finished {
+                // The next segment of a `play` takes over at once; its first frame is due
+                // now and is emitted on the next timeout, at this same instant.
+                self.overlay = None;
+                if let Some(next) = self.play_queue.pop_front() {
+                    self.start_overlay(now, next);
+                }
             }
         }
         let mut fx = Effects::default();
@@ -465,7 +545,11 @@ impl Call {
         out.push(Output::Checkpoint);
     }
 
-    fn emit_audio(&mut self, payload: Vec<u8>, out: &mut Vec<Output>) {
+    fn emit_audio(&mut self, mut payload: Vec<u8>, out: &mut Vec<Output>) {
+        if self.mute.outbound {
+            // Same length and numbering: the caller hears silence, the positions stay true.
+            payload.fill(silence_byte(self.audio.encoding));
+        }
         let seq = self.media.outbound_next_seq;
         self.media.outbound_next_seq += 1;
         out.push(Output::Audio { seq, payload });
@@ -482,8 +566,19 @@ impl Call {
         self.attached = false;
         self.program.detach();
         self.overlay = None;
+        self.play_queue.clear();
         self.timeline.push(now, EventKind::Ended { reason });
         out.push(Output::Checkpoint);
         out.push(Output::End(reason));
+    }
+}
+
+/// The byte that encodes silence in `encoding` (every sample of L16 silence is two zeros).
+fn silence_byte(encoding: callworker_protocol::Encoding) -> u8 {
+    use callworker_protocol::Encoding;
+    match encoding {
+        Encoding::Pcmu => callworker_protocol::codec::ULAW_SILENCE,
+        Encoding::Pcma => callworker_protocol::codec::ALAW_SILENCE,
+        Encoding::L16 => 0,
     }
 }

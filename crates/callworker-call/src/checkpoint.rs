@@ -16,13 +16,16 @@
 //! - 1: the first release.
 //! - 2: adds `recording`, `twilio` and `detach_cause` at the end of the call. Format 1 is
 //!   upgraded on read (nothing recorded, no Twilio leg, no pending cause).
+//! - 3: adds `mute` and `play_queue` at the end of the call, and may hold the enum variants
+//!   appended with them (`Transferred`, `DtmfInjected`) that a format-2 reader would take
+//!   for corruption. Format 2 is upgraded on read (nothing muted, nothing queued).
 
 use crate::call::Call;
 
 /// The format version this build writes.
-pub const FORMAT_VERSION_WRITE: u16 = 2;
+pub const FORMAT_VERSION_WRITE: u16 = 3;
 /// The newest format version this build can read.
-pub const FORMAT_VERSION_MAX_READ: u16 = 2;
+pub const FORMAT_VERSION_MAX_READ: u16 = 3;
 /// Envelope magic.
 pub const MAGIC: [u8; 4] = *b"CWCK";
 /// Largest checkpoint accepted, in bytes (a call's state is a few KB).
@@ -83,8 +86,9 @@ pub fn decode(bytes: &[u8]) -> Result<Call, CheckpointError> {
         return Err(CheckpointError::ChecksumMismatch);
     }
     match header.format_version {
-        1 => decode_payload::<v1::Call>(payload).map(Call::from),
-        2 => decode_payload::<Call>(payload),
+        1 => decode_payload::<v1::Call>(payload).map(|c| Call::from(v2::Call::from(c))),
+        2 => decode_payload::<v2::Call>(payload).map(Call::from),
+        3 => decode_payload::<Call>(payload),
         other => Err(CheckpointError::Decode(format!("unknown format version {other}"))),
     }
 }
@@ -162,9 +166,9 @@ mod v1 {
         timeline: Timeline,
     }
 
-    impl From<Call> for crate::call::Call {
+    impl From<Call> for super::v2::Call {
         fn from(c: Call) -> Self {
-            crate::call::Call {
+            super::v2::Call {
                 id: c.id,
                 tenant: c.tenant,
                 direction: c.direction,
@@ -186,6 +190,78 @@ mod v1 {
                 recording: RecordingSettings::default(),
                 twilio: None,
                 detach_cause: None,
+            }
+        }
+    }
+}
+
+/// Format 2: format 1 plus `recording`, `twilio` and `detach_cause`. Every nested type is
+/// unchanged since (format 3 only appended enum variants), so only the top-level struct is
+/// kept here.
+mod v2 {
+    use callworker_protocol::AudioFormat;
+    use serde::Deserialize;
+
+    use crate::call::{
+        CallLimits, CallStatus, Direction, MediaPositions, Mute, RecordingSettings, Transport, TwilioLeg,
+    };
+    use crate::end::{EndReason, ResumeCause};
+    use crate::ids::{CallId, TenantId};
+    use crate::program::{Overlay, ProgramState};
+    use crate::time::UnixMillis;
+    use crate::timeline::Timeline;
+
+    #[derive(Debug, Deserialize)]
+    pub struct Call {
+        pub(super) id: CallId,
+        pub(super) tenant: TenantId,
+        pub(super) direction: Direction,
+        pub(super) from: Option<String>,
+        pub(super) to: Option<String>,
+        pub(super) audio: AudioFormat,
+        pub(super) limits: CallLimits,
+        pub(super) status: CallStatus,
+        pub(super) created_at: UnixMillis,
+        pub(super) started_at: Option<UnixMillis>,
+        pub(super) ended_at: Option<UnixMillis>,
+        pub(super) end_reason: Option<EndReason>,
+        pub(super) transport: Option<Transport>,
+        pub(super) attached: bool,
+        pub(super) media: MediaPositions,
+        pub(super) program: ProgramState,
+        pub(super) overlay: Option<Overlay>,
+        pub(super) timeline: Timeline,
+        pub(super) recording: RecordingSettings,
+        pub(super) twilio: Option<TwilioLeg>,
+        pub(super) detach_cause: Option<ResumeCause>,
+    }
+
+    impl From<Call> for crate::call::Call {
+        fn from(c: Call) -> Self {
+            crate::call::Call {
+                id: c.id,
+                tenant: c.tenant,
+                direction: c.direction,
+                from: c.from,
+                to: c.to,
+                audio: c.audio,
+                limits: c.limits,
+                status: c.status,
+                created_at: c.created_at,
+                started_at: c.started_at,
+                ended_at: c.ended_at,
+                end_reason: c.end_reason,
+                transport: c.transport,
+                attached: c.attached,
+                media: c.media,
+                program: c.program,
+                overlay: c.overlay,
+                timeline: c.timeline,
+                recording: c.recording,
+                twilio: c.twilio,
+                detach_cause: c.detach_cause,
+                mute: Mute::default(),
+                play_queue: std::collections::VecDeque::new(),
             }
         }
     }

@@ -34,10 +34,13 @@ pub enum EndReason {
     DrainTimeout,
     /// Anything else; always logged with detail.
     InternalError,
+    /// Handed to another party by a `transfer` action (appended: variants are positional in
+    /// checkpoints).
+    Transferred,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 13] = [
+    pub const ALL: [EndReason; 14] = [
         EndReason::Completed,
         EndReason::ClientHangup,
         EndReason::RemoteHangup,
@@ -51,6 +54,7 @@ impl EndReason {
         EndReason::ShedMemory,
         EndReason::DrainTimeout,
         EndReason::InternalError,
+        EndReason::Transferred,
     ];
 
     /// The snake_case name used on the wire, in metrics and in the API.
@@ -69,6 +73,7 @@ impl EndReason {
             EndReason::ShedMemory => "shed_memory",
             EndReason::DrainTimeout => "drain_timeout",
             EndReason::InternalError => "internal_error",
+            EndReason::Transferred => "transferred",
         }
     }
 
@@ -87,6 +92,7 @@ impl EndReason {
                 | EndReason::RemoteHangup
                 | EndReason::ApiEnded
                 | EndReason::MaxDuration
+                | EndReason::Transferred
         )
     }
 }

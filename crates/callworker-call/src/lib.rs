@@ -14,7 +14,8 @@
 //! - [`call`]: [`Call`], [`CallSpec`], [`Input`], [`Output`], media positions, limits.
 //! - [`timeline`]: the bounded event timeline.
 //! - [`program`]: call programs (`echo`, `tone`), the `play_tone` [`Overlay`], and
-//!   [`Action`]s injected by the API.
+//!   [`Action`]s injected by the API (tones and tone sequences, program switches, DTMF,
+//!   mute, transfer, hang-up).
 //! - [`dsp`]: tone generation and Goertzel tone detection.
 //! - [`checkpoint`]: the versioned checkpoint envelope around a postcard-encoded [`Call`].
 //! - `fuzzing` (feature `fuzzing`): the check the checkpoint fuzz target in `fuzz/` runs,
@@ -41,11 +42,11 @@ pub mod time;
 pub mod timeline;
 
 pub use call::{
-    Call, CallLimits, CallSpec, CallStatus, Direction, Input, MediaPositions, Output, RecordingSettings,
-    Resume, Transport, TwilioLeg,
+    Call, CallLimits, CallSpec, CallStatus, Direction, Input, MediaPositions, Mute, Output,
+    RecordingSettings, Resume, Transport, TwilioLeg,
 };
 pub use end::{EndReason, ResumeCause};
 pub use ids::{CallId, Epoch, IdError, TenantId, WorkerId};
-pub use program::{Action, Overlay, ProgramSpec, ProgramState, SpecError};
+pub use program::{Action, MuteDirection, Overlay, ProgramSpec, ProgramState, SpecError, TransferTarget};
 pub use time::UnixMillis;
 pub use timeline::{CallEvent, EventKind, Timeline};

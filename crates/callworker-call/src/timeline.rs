@@ -53,6 +53,11 @@ pub enum EventKind {
         menu: String,
         digits: String,
     },
+    /// A DTMF digit injected by the control API (`inject_dtmf`), delivered to the program
+    /// as if the caller had pressed it. JSON: `{"type": "dtmf", "digit": "5", "source": "api"}`.
+    DtmfInjected {
+        digit: char,
+    },
 }
 
 impl EventKind {
@@ -69,6 +74,7 @@ impl EventKind {
             EventKind::Ended { .. } => "ended",
             EventKind::MenuEntered { .. } => "menu_entered",
             EventKind::DigitsCollected { .. } => "digits_collected",
+            EventKind::DtmfInjected { .. } => "dtmf",
         }
     }
 }
@@ -78,16 +84,54 @@ impl EventKind {
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "EventKind", tag = "type", rename_all = "snake_case")]
 enum EventKindJson {
-    Created { program: String },
-    Attached { transport: Transport },
-    Resumed { transport: Transport, cause: ResumeCause, gap_ms: u64 },
+    Created {
+        program: String,
+    },
+    Attached {
+        transport: Transport,
+    },
+    Resumed {
+        transport: Transport,
+        cause: ResumeCause,
+        gap_ms: u64,
+    },
     Detached,
-    Dtmf { digit: char },
-    ProgramSwitched { program: String },
-    ActionApplied { action: String },
-    Ended { reason: EndReason },
-    MenuEntered { menu: String },
-    DigitsCollected { menu: String, digits: String },
+    Dtmf {
+        digit: char,
+    },
+    ProgramSwitched {
+        program: String,
+    },
+    ActionApplied {
+        action: String,
+    },
+    Ended {
+        reason: EndReason,
+    },
+    MenuEntered {
+        menu: String,
+    },
+    DigitsCollected {
+        menu: String,
+        digits: String,
+    },
+    /// Written as a `dtmf` event with `"source": "api"`. Read back (nothing in the worker
+    /// reads events from JSON) it is the `dtmf_injected` type, so one JSON `type` never
+    /// names two variants.
+    #[serde(rename(serialize = "dtmf", deserialize = "dtmf_injected"), serialize_with = "injected_dtmf_json")]
+    DtmfInjected {
+        digit: char,
+    },
+}
+
+/// The JSON fields of an injected digit: the digit and where it came from.
+fn injected_dtmf_json<S: Serializer>(digit: &char, serializer: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Injected {
+        digit: char,
+        source: &'static str,
+    }
+    Injected { digit: *digit, source: "api" }.serialize(serializer)
 }
 
 /// The binary (checkpoint) shape of [`EventKind`]: externally tagged, positional.
@@ -105,6 +149,7 @@ enum EventKindBinary {
     Ended { reason: EndReason },
     MenuEntered { menu: String },
     DigitsCollected { menu: String, digits: String },
+    DtmfInjected { digit: char },
 }
 
 impl Serialize for EventKind {

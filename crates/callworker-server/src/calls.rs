@@ -153,6 +153,9 @@ pub struct CallView {
     pub media: callworker_call::MediaPositions,
     pub timeline_events: usize,
     pub timeline_events_dropped: u64,
+    /// Which ways of the audio `mute` actions silenced.
+    #[schema(value_type = crate::http::openapi::MuteDoc)]
+    pub mute: callworker_call::Mute,
 }
 
 impl CallView {
@@ -176,6 +179,7 @@ impl CallView {
             media: call.media,
             timeline_events: call.timeline.len(),
             timeline_events_dropped: call.timeline.dropped(),
+            mute: call.mute,
         }
     }
 }

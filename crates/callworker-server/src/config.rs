@@ -214,6 +214,13 @@ pub struct ServerConfig {
     /// a call still at the epoch it left with is then ended with `drain_timeout`. Below
     /// `shutdown_grace`.
     pub drain_timeout: Duration,
+    /// Base URL other workers use to reach this one directly (registered in the worker
+    /// registry), to forward control-API actions for the calls it carries. `None`: the
+    /// bound address, `http://<listen_addr>`.
+    pub advertise_url: Option<String>,
+    /// Time allowed for one forwarded action (one hop, answer included); then the API
+    /// answers 503 `owner_unreachable`.
+    pub forward_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -440,6 +447,9 @@ struct RawServer {
     worker_id: String,
     shutdown_grace_ms: u64,
     drain_timeout_ms: u64,
+    #[serde(default)]
+    advertise_url: String,
+    forward_timeout_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -697,6 +707,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         worker_id,
         shutdown_grace: ms("server.shutdown_grace_ms", raw.server.shutdown_grace_ms, 0, 3_600_000)?,
         drain_timeout: ms("server.drain_timeout_ms", raw.server.drain_timeout_ms, 0, 3_600_000)?,
+        advertise_url: match raw.server.advertise_url.trim_end_matches('/') {
+            "" => None,
+            url if url.starts_with("http://") || url.starts_with("https://") => Some(url.to_owned()),
+            url => {
+                return Err(invalid(format!(
+                    "server.advertise_url {url:?} must start with http:// or https://"
+                )));
+            }
+        },
+        forward_timeout: ms("server.forward_timeout_ms", raw.server.forward_timeout_ms, 100, 60_000)?,
     };
     if server.drain_timeout >= server.shutdown_grace && !server.shutdown_grace.is_zero() {
         return Err(invalid("server.drain_timeout_ms must be below server.shutdown_grace_ms"));
@@ -1039,6 +1059,9 @@ mod tests {
         .unwrap();
         assert_eq!(config.limits.calls_max, 7);
         assert_eq!(config.server.public_url, "https://lb.example");
+        assert_eq!(config.server.advertise_url, None, "empty: derived from the bound address");
+        let config = load(&[("CALLWORKER_SERVER__ADVERTISE_URL", "http://10.0.0.7:8080/")]).unwrap();
+        assert_eq!(config.server.advertise_url.as_deref(), Some("http://10.0.0.7:8080"));
     }
 
     #[test]
@@ -1060,6 +1083,8 @@ mod tests {
             ("CALLWORKER_LIMITS__UNKNOWN_KNOB", "1", "unknown_knob"),
             ("CALLWORKER_CHECKPOINT__LEASE_MS", "600", "lease_ms"),
             ("CALLWORKER_STORE__KIND", "etcd", "store.kind"),
+            ("CALLWORKER_SERVER__ADVERTISE_URL", "10.0.0.7:8080", "server.advertise_url"),
+            ("CALLWORKER_SERVER__FORWARD_TIMEOUT_MS", "0", "server.forward_timeout_ms"),
         ];
         for (key, value, needle) in cases {
             let err = load(&[(key, value)]).expect_err(key).to_string();

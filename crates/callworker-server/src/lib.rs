@@ -11,6 +11,9 @@
 //! - [`reaper`]: ends or rescues calls nobody drives any more (two-phase, safe on every
 //!   worker at once); [`registry`]: this worker's heartbeat in the worker registry.
 //! - [`auth`]: API keys, tenancy checks, per-key rate limits, the `Origin` allow-list.
+//! - [`forward`]: control-API actions for a call another worker carries, forwarded to that
+//!   worker once, signed worker to worker; [`twilio_rest`]: Twilio call updates (rescue,
+//!   transfer).
 //! - [`admission`], [`live`], [`token`], [`error`], [`metrics`], [`telemetry`], [`state`].
 //! - `fuzzing` (feature `fuzzing`): the check the token fuzz target in `fuzz/` runs, shared
 //!   with the stable corpus replay.
@@ -30,6 +33,7 @@ pub mod auth;
 pub mod calls;
 pub mod config;
 pub mod error;
+pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod governor;
@@ -43,6 +47,7 @@ pub mod session;
 pub mod state;
 pub mod telemetry;
 pub mod token;
+pub mod twilio_rest;
 pub mod wav;
 
 use std::future::Future;
@@ -206,7 +211,17 @@ pub async fn serve(
 
     let reaper = tokio::spawn(reaper::run(state.clone()));
     let governor = tokio::spawn(governor::run(state.clone()));
-    let registry = tokio::spawn(registry::run(state.clone(), format!("http://{addr}")));
+    // Where other workers forward actions for the calls this one carries.
+    let advertised = match &state.config.server.advertise_url {
+        Some(url) => url.clone(),
+        None => {
+            if addr.ip().is_unspecified() {
+                warn!(%addr, "server.advertise_url is empty and the listen address is unspecified: other workers cannot forward actions to this one; set CALLWORKER_SERVER__ADVERTISE_URL");
+            }
+            format!("http://{addr}")
+        }
+    };
+    let registry = tokio::spawn(registry::run(state.clone(), advertised));
     let keys = tokio::spawn(auth::task_main(state.clone()));
 
     let stop = state.shutdown.clone();

@@ -24,6 +24,12 @@ pub enum Command {
     /// Move the call to another worker: checkpoint it, tell the client to reconnect
     /// elsewhere, and let go (the resume there records `cause`).
     Migrate { cause: ResumeCause },
+    /// A Twilio transfer is under way (the call is being redirected to `<Dial>`): until
+    /// [`Command::CancelTransfer`], the stream stopping ends the call with `transferred`
+    /// rather than `remote_hangup`. Replies with the current state.
+    PrepareTransfer(oneshot::Sender<Result<Call, Error>>),
+    /// The transfer failed: the stream stopping is a hang-up again.
+    CancelTransfer,
 }
 
 impl Command {

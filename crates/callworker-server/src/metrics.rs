@@ -67,7 +67,7 @@ pub const PROCESS_START_TIME: &str = "callworker_process_start_time_seconds";
 /// Requests refused by authentication or authorization, by `reason` (missing_api_key,
 /// malformed_authorization, invalid_api_key, revoked_api_key, operator_key_required,
 /// wrong_tenant, tenant_mismatch, origin_not_allowed, twilio_signature_missing,
-/// twilio_signature_invalid, twilio_not_configured).
+/// twilio_signature_invalid, twilio_not_configured, forward_signature_invalid).
 pub const AUTH_REFUSED: &str = "callworker_auth_refused_total";
 /// Requests or connections refused by an abuse limit, by `limit` (api_rate,
 /// tenant_calls, ws_message_rate, ws_byte_rate, ws_message_size, handshake_timeout).
@@ -76,6 +76,15 @@ pub const LIMIT_REFUSED: &str = "callworker_limit_refused_total";
 pub const AUTH_KEYS_RELOAD_FAILURES: &str = "callworker_auth_keys_reload_failures_total";
 /// Live workers in the registry, as this worker last saw it.
 pub const WORKERS_LIVE: &str = "callworker_workers_live";
+/// Control-API actions this worker forwarded to the worker carrying the call, by
+/// `outcome`: `applied` (the owner answered 2xx) or `refused` (the owner answered an error,
+/// relayed to the client).
+pub const ACTIONS_FORWARDED: &str = "callworker_actions_forwarded_total";
+/// Actions that could not reach the call's worker, by `reason`: `connect`, `timeout`,
+/// `bad_response`, `signature_refused` (503 `owner_unreachable`), `owner_moved` (the call left the owner
+/// meanwhile: 409 `call_owner_moved`), `owner_not_registered` (the owner left the registry:
+/// 409 `call_not_attached`).
+pub const ACTION_FORWARD_FAILURES: &str = "callworker_action_forward_failures_total";
 
 /// Memory governor level: 0 normal, 1 elevated, 2 shed, 3 migrate, 4 emergency.
 pub const GOVERNOR_LEVEL: &str = "callworker_governor_level";
@@ -168,6 +177,8 @@ fn describe() {
     describe_counter!(REAPER_ACTIONS, "Orphaned calls handled by the reaper, by action");
     describe_counter!(TWILIO_REST_REQUESTS, "Twilio REST call updates, by outcome");
     describe_gauge!(WORKERS_LIVE, "Live workers in the registry");
+    describe_counter!(ACTIONS_FORWARDED, "Control-API actions forwarded to the call's worker, by outcome");
+    describe_counter!(ACTION_FORWARD_FAILURES, "Actions that could not reach the call's worker, by reason");
     describe_gauge!(PROCESS_START_TIME, Unit::Seconds, "When this worker process started (Unix seconds)");
     describe_gauge!(GOVERNOR_LEVEL, "Memory governor level (0 normal .. 4 emergency)");
     describe_gauge!(GOVERNOR_PRESSURE, "Working set over the effective memory limit");

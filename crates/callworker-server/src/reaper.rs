@@ -29,6 +29,7 @@ use tracing::{info, warn};
 
 use crate::metrics as m;
 use crate::state::AppState;
+use crate::twilio_rest::RestOutcome;
 
 /// Calls this worker has rescued and not seen end, remembered so it does not rescue the same
 /// call again; bounded (oldest forgotten first).
@@ -203,43 +204,7 @@ impl Reaper {
 
     /// `POST /2010-04-01/Accounts/{AccountSid}/Calls/{CallSid}.json` with `Twiml`.
     async fn update_call(&self, leg: &TwilioLeg, twiml: &str) -> RestOutcome {
-        let cfg = &self.state.config.twilio;
-        let valid_sid =
-            |s: &str| !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric());
-        if !valid_sid(&leg.account_sid) || !valid_sid(&leg.call_sid) {
-            return RestOutcome::Failed("the stream's account or call SID is not a SID".into());
-        }
-        let url = format!(
-            "{}/2010-04-01/Accounts/{}/Calls/{}.json",
-            cfg.rest_api_base_url, leg.account_sid, leg.call_sid
-        );
-        let response = self
-            .http
-            .post(url)
-            .basic_auth(&cfg.account_sid, Some(&cfg.auth_token))
-            .form(&[("Twiml", twiml)])
-            .send()
-            .await;
-        let response = match response {
-            Ok(r) => r,
-            Err(e) => return RestOutcome::Failed(format!("request failed: {e}")),
-        };
-        let status = response.status().as_u16();
-        let body: serde_json::Value = response.json().await.unwrap_or(serde_json::Value::Null);
-        let call_status = body.get("status").and_then(|s| s.as_str()).unwrap_or_default();
-        let code = body.get("code").and_then(serde_json::Value::as_u64);
-        match status {
-            200..=299
-                if matches!(call_status, "completed" | "canceled" | "failed" | "busy" | "no-answer") =>
-            {
-                RestOutcome::CallOver
-            }
-            200..=299 => RestOutcome::Redirected,
-            // 20404: no such call; 21220: the call is not in progress (it has ended).
-            404 => RestOutcome::CallOver,
-            400 if code == Some(21220) => RestOutcome::CallOver,
-            _ => RestOutcome::Failed(format!("HTTP {status}, code {code:?}")),
-        }
+        crate::twilio_rest::update_call(&self.http, &self.state.config.twilio, leg, twiml).await
     }
 
     fn remember_rescue(&mut self, call_id: CallId) {
@@ -256,23 +221,6 @@ impl Reaper {
     fn forget_rescue(&mut self, call_id: &CallId) {
         if self.rescued.remove(call_id) {
             self.rescued_order.retain(|c| c != call_id);
-        }
-    }
-}
-
-#[derive(Debug)]
-enum RestOutcome {
-    Redirected,
-    CallOver,
-    Failed(String),
-}
-
-impl RestOutcome {
-    fn label(&self) -> &'static str {
-        match self {
-            RestOutcome::Redirected => "redirected",
-            RestOutcome::CallOver => "call_over",
-            RestOutcome::Failed(_) => "failed",
         }
     }
 }

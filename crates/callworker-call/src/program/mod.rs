@@ -383,11 +383,51 @@ impl FrameClock {
     }
 }
 
+/// Most digits one `inject_dtmf` action carries.
+pub const INJECT_DTMF_DIGITS_MAX: usize = 32;
+/// Longest `transfer` target (a SIP URI), in bytes.
+pub const TRANSFER_TARGET_BYTES_MAX: usize = 256;
+
+/// Which way of a call's audio a `mute`/`unmute` action acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MuteDirection {
+    /// The caller's audio: the program hears silence instead.
+    Inbound,
+    /// Audio to the caller: the caller hears silence instead.
+    Outbound,
+    /// Both ways.
+    Both,
+}
+
+impl MuteDirection {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MuteDirection::Inbound => "inbound",
+            MuteDirection::Outbound => "outbound",
+            MuteDirection::Both => "both",
+        }
+    }
+
+    /// `(inbound, outbound)`: which ways this direction covers.
+    pub fn ways(self) -> (bool, bool) {
+        match self {
+            MuteDirection::Inbound => (true, false),
+            MuteDirection::Outbound => (false, true),
+            MuteDirection::Both => (true, true),
+        }
+    }
+}
+
 /// An action the control API injects into a live call: `{"type": "play_tone", …}`.
 ///
 /// JSON shapes: `{"type": "play_tone", "freqs_hz": [440], "duration_ms": 500}`,
 /// `{"type": "switch_program", "program": {"name": "echo", "params": {"delay_ms": 0}}}`,
-/// `{"type": "hangup"}`. Binary formats get an externally tagged shape (see [`ProgramSpec`]).
+/// `{"type": "hangup"}`, `{"type": "play", "segments": [{"freqs_hz": [440], "duration_ms": 200}]}`,
+/// `{"type": "inject_dtmf", "digits": "12#"}`, `{"type": "mute", "direction": "inbound"}`,
+/// `{"type": "unmute", "direction": "both"}`, `{"type": "transfer", "to": "+15550100"}`.
+/// Binary formats get an externally tagged shape (see [`ProgramSpec`]); variants are only
+/// ever appended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// Play a tone (one or two frequencies; empty = silence) over the program's audio.
@@ -396,6 +436,18 @@ pub enum Action {
     SwitchProgram { program: ProgramSpec },
     /// End the call with `api_ended`.
     Hangup,
+    /// Play a sequence of tones and silences over the program's audio, in order.
+    Play { segments: Vec<ToneSegment> },
+    /// Deliver DTMF digits to the program as if the caller had pressed them.
+    InjectDtmf { digits: String },
+    /// Silence one or both ways of the call's audio until `unmute`.
+    Mute { direction: MuteDirection },
+    /// Undo `mute` for one or both ways.
+    Unmute { direction: MuteDirection },
+    /// Hand the caller to `to` (an E.164 number or a SIP URI) and end the call with
+    /// `transferred`. How the caller is connected depends on the transport (the server's
+    /// business: a native client is told, a Twilio call is redirected to `<Dial>`).
+    Transfer { to: String },
 }
 
 /// `Hangup {}` rather than `Hangup`: serde's `deny_unknown_fields` does not reach the unit
@@ -406,14 +458,25 @@ enum ActionJson {
     PlayTone { freqs_hz: Vec<u32>, duration_ms: u32 },
     SwitchProgram { program: ProgramSpec },
     Hangup {},
+    Play { segments: Vec<ToneSegment> },
+    InjectDtmf { digits: String },
+    Mute { direction: MuteDirection },
+    Unmute { direction: MuteDirection },
+    Transfer { to: String },
 }
 
+/// Positional: variants may only be appended.
 #[derive(Serialize, Deserialize)]
 #[serde(remote = "Action")]
 enum ActionBinary {
     PlayTone { freqs_hz: Vec<u32>, duration_ms: u32 },
     SwitchProgram { program: ProgramSpec },
     Hangup,
+    Play { segments: Vec<ToneSegment> },
+    InjectDtmf { digits: String },
+    Mute { direction: MuteDirection },
+    Unmute { direction: MuteDirection },
+    Transfer { to: String },
 }
 
 impl Serialize for Action {
@@ -442,6 +505,11 @@ impl Action {
             Action::PlayTone { .. } => "play_tone",
             Action::SwitchProgram { .. } => "switch_program",
             Action::Hangup => "hangup",
+            Action::Play { .. } => "play",
+            Action::InjectDtmf { .. } => "inject_dtmf",
+            Action::Mute { .. } => "mute",
+            Action::Unmute { .. } => "unmute",
+            Action::Transfer { .. } => "transfer",
         }
     }
 
@@ -453,9 +521,65 @@ impl Action {
                 validate_duration_ms("duration_ms", *duration_ms)
             }
             Action::SwitchProgram { program } => program.validate(),
-            Action::Hangup => Ok(()),
+            Action::Hangup | Action::Mute { .. } | Action::Unmute { .. } => Ok(()),
+            Action::Play { segments } => validate_segments("segments", segments),
+            Action::InjectDtmf { digits } => {
+                let count = digits.chars().count();
+                if count == 0 || count > INJECT_DTMF_DIGITS_MAX {
+                    return Err(invalid(
+                        "digits",
+                        format!("{count} digits given; 1 to {INJECT_DTMF_DIGITS_MAX} allowed"),
+                    ));
+                }
+                if let Some(bad) = digits.chars().find(|d| !dsp::is_dtmf_digit(*d)) {
+                    return Err(invalid("digits", format!("{bad:?} is not a DTMF digit (0-9, *, #, A-D)")));
+                }
+                Ok(())
+            }
+            Action::Transfer { to } => validate_transfer_target(to),
         }
     }
+}
+
+/// What a `transfer` target is, once validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransferTarget<'a> {
+    /// An E.164 number: `+` and 2 to 15 digits.
+    Number(&'a str),
+    /// A `sip:` or `sips:` URI of printable ASCII without spaces, quotes or angle brackets.
+    Sip(&'a str),
+}
+
+impl<'a> TransferTarget<'a> {
+    /// Classifies a target, or says why it is not one.
+    pub fn parse(to: &'a str) -> Result<TransferTarget<'a>, SpecError> {
+        if let Some(digits) = to.strip_prefix('+') {
+            if (2..=15).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit()) {
+                return Ok(TransferTarget::Number(to));
+            }
+            return Err(invalid("to", "an E.164 number is + and 2 to 15 digits".to_owned()));
+        }
+        let lower = to.get(..5).map(str::to_ascii_lowercase).unwrap_or_default();
+        if lower.starts_with("sip:") || lower == "sips:" {
+            let rest = to.split_once(':').map_or("", |(_, r)| r);
+            let printable =
+                to.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'<' | b'>' | b'"' | b'\'' | b'`'));
+            if to.len() <= TRANSFER_TARGET_BYTES_MAX && !rest.is_empty() && printable {
+                return Ok(TransferTarget::Sip(to));
+            }
+            return Err(invalid(
+                "to",
+                format!(
+                    "a SIP URI is at most {TRANSFER_TARGET_BYTES_MAX} bytes of printable ASCII, without spaces, quotes or angle brackets"
+                ),
+            ));
+        }
+        Err(invalid("to", "the target is neither an E.164 number (+15550100) nor a sip: URI".to_owned()))
+    }
+}
+
+fn validate_transfer_target(to: &str) -> Result<(), SpecError> {
+    TransferTarget::parse(to).map(|_| ())
 }
 
 #[cfg(test)]
@@ -519,6 +643,27 @@ mod tests {
             (Action::PlayTone { freqs_hz: vec![1, 2, 3], duration_ms: 100 }, false),
             (Action::SwitchProgram { program: tone(vec![(vec![440], 20)], None) }, true),
             (Action::SwitchProgram { program: tone(vec![], None) }, false),
+            (Action::Play { segments: vec![ToneSegment { freqs_hz: vec![440], duration_ms: 20 }] }, true),
+            (Action::Play { segments: vec![] }, false),
+            (Action::Play { segments: vec![ToneSegment { freqs_hz: vec![440], duration_ms: 30 }] }, false),
+            (Action::InjectDtmf { digits: "0123456789*#ABCD".into() }, true),
+            (Action::InjectDtmf { digits: String::new() }, false),
+            (Action::InjectDtmf { digits: "1x".into() }, false),
+            (Action::InjectDtmf { digits: "1".repeat(33) }, false),
+            (Action::Mute { direction: MuteDirection::Both }, true),
+            (Action::Unmute { direction: MuteDirection::Inbound }, true),
+            (Action::Transfer { to: "+15550100".into() }, true),
+            (Action::Transfer { to: "sip:alice@example.com;transport=tls".into() }, true),
+            (Action::Transfer { to: "SIPS:bob@example.com".into() }, true),
+            (Action::Transfer { to: "+1".into() }, false),
+            (Action::Transfer { to: "+1555010012345678".into() }, false),
+            (Action::Transfer { to: "+1555-0100".into() }, false),
+            (Action::Transfer { to: "15550100".into() }, false),
+            (Action::Transfer { to: "sip:".into() }, false),
+            (Action::Transfer { to: "sip:a b@example.com".into() }, false),
+            (Action::Transfer { to: "sip:<x>@example.com".into() }, false),
+            (Action::Transfer { to: format!("sip:{}", "a".repeat(253)) }, false),
+            (Action::Transfer { to: "tel:+15550100".into() }, false),
         ];
         for (action, ok) in cases {
             assert_eq!(action.validate().is_ok(), ok, "{action:?}");
@@ -545,6 +690,20 @@ mod tests {
                     "repeat": true, "hangup_digit": "#"}}}),
             ),
             (Action::Hangup, json!({"type": "hangup"})),
+            (
+                Action::Play { segments: vec![ToneSegment { freqs_hz: vec![], duration_ms: 40 }] },
+                json!({"type": "play", "segments": [{"freqs_hz": [], "duration_ms": 40}]}),
+            ),
+            (Action::InjectDtmf { digits: "1#".into() }, json!({"type": "inject_dtmf", "digits": "1#"})),
+            (
+                Action::Mute { direction: MuteDirection::Inbound },
+                json!({"type": "mute", "direction": "inbound"}),
+            ),
+            (
+                Action::Unmute { direction: MuteDirection::Both },
+                json!({"type": "unmute", "direction": "both"}),
+            ),
+            (Action::Transfer { to: "+15550100".into() }, json!({"type": "transfer", "to": "+15550100"})),
         ];
         for (action, expected) in cases {
             assert_eq!(serde_json::to_value(&action).unwrap(), expected);

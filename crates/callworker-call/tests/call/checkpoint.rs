@@ -61,6 +61,8 @@ fn golden_v1_call() -> Call {
         recording: RecordingSettings::default(),
         twilio: None,
         detach_cause: None,
+        mute: Default::default(),
+        play_queue: Default::default(),
     }
 }
 
@@ -74,6 +76,24 @@ fn golden_v2_call() -> Call {
         stream_sid: "MZ0123456789abcdef0123456789abcdef".into(),
     });
     call.detach_cause = Some(ResumeCause::MigratedDrain);
+    call
+}
+
+/// The call frozen in `checkpoint-v3.bin`: format 2's call plus every field format 3 added,
+/// and the enum variants appended with it.
+fn golden_v3_call() -> Call {
+    let mut call = golden_v2_call();
+    call.mute = callworker_call::Mute { inbound: true, outbound: false };
+    call.play_queue = [
+        callworker_call::program::ToneSegment { freqs_hz: vec![440, 480], duration_ms: 200 },
+        callworker_call::program::ToneSegment { freqs_hz: vec![], duration_ms: 40 },
+    ]
+    .into();
+    call.timeline.push(UnixMillis(1_700_000_009_000), EventKind::DtmfInjected { digit: '#' });
+    call.status = CallStatus::Ended;
+    call.attached = false;
+    call.ended_at = Some(UnixMillis(1_700_000_009_500));
+    call.end_reason = Some(callworker_call::EndReason::Transferred);
     call
 }
 
@@ -118,9 +138,15 @@ fn golden_v1_decodes_upgraded() {
     check_golden(1, &golden_v1_call());
 }
 
+/// Format 2 is upgraded on read: nothing muted, nothing queued.
 #[test]
-fn golden_v2_decodes_and_encoding_is_unchanged() {
+fn golden_v2_decodes_upgraded() {
     check_golden(2, &golden_v2_call());
+}
+
+#[test]
+fn golden_v3_decodes_and_encoding_is_unchanged() {
+    check_golden(3, &golden_v3_call());
 }
 
 /// A call whose checkpoint holds every event kind, a tone program mid-DTMF-acknowledgement,

@@ -297,3 +297,119 @@ fn poll_timeout_takes_the_earliest_timer() {
     step(&mut call, at(5), Input::Detached { cause: None });
     assert_eq!(call.poll_timeout(), Some(call.max_duration_at()));
 }
+
+/// `play`: the segments play in order over the program, whole frames each, then the
+/// program's audio returns.
+#[test]
+fn play_sequences_tones_over_the_program() {
+    use callworker_call::program::ToneSegment;
+    let mut call = attached(tone(&[(&[], 20)], true, None), PCMU_8K);
+    let segments = vec![
+        ToneSegment { freqs_hz: vec![440], duration_ms: 40 },
+        ToneSegment { freqs_hz: vec![], duration_ms: 20 },
+        ToneSegment { freqs_hz: vec![620], duration_ms: 20 },
+    ];
+    let out = step(&mut call, at(0), Input::Action(Action::Play { segments }));
+    assert_eq!(out, [Output::Checkpoint]);
+    assert_eq!(last_event(&call).kind, EventKind::ActionApplied { action: "play".into() });
+    assert_eq!(call.play_queue.len(), 2, "the first segment plays, two wait");
+    // Drive a few frames past the sequence: 2 + 1 + 1 overlay frames, then the program.
+    let mut out = Vec::new();
+    let mut t = 0;
+    while t <= 200 {
+        let due = call.poll_timeout().unwrap();
+        t = due.since(T0);
+        call.handle(due, Input::Timeout, &mut out);
+        if call.overlay.is_none() && call.play_queue.is_empty() && t >= 100 {
+            break;
+        }
+    }
+    let frames = audio_of(&out);
+    assert!(frames.len() >= 5, "{} frames", frames.len());
+    let seqs: Vec<u64> = frames.iter().map(|(s, _)| *s).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>(), "numbered without gaps");
+    let silence = vec![callworker_protocol::codec::ULAW_SILENCE; 160];
+    assert_ne!(frames[0].1, silence, "440 Hz first");
+    assert_ne!(frames[1].1, silence);
+    assert_eq!(frames[2].1, silence, "then the silent segment");
+    assert_ne!(frames[3].1, silence, "then 620 Hz");
+    assert_ne!(frames[3].1, frames[0].1);
+    assert_eq!(frames[4].1, silence, "then the program (a silent tone pattern) again");
+    assert!(call.play_queue.is_empty() && call.overlay.is_none());
+    // A `play_tone` replaces a sequence entirely.
+    step(
+        &mut call,
+        at(300),
+        Input::Action(Action::Play {
+            segments: vec![ToneSegment { freqs_hz: vec![440], duration_ms: 20 }; 3],
+        }),
+    );
+    step(&mut call, at(301), Input::Action(Action::PlayTone { freqs_hz: vec![350], duration_ms: 20 }));
+    assert!(call.play_queue.is_empty(), "play_tone drops what a play had queued");
+}
+
+/// `inject_dtmf` drives the program as key presses would, recorded with source `api`; a
+/// hang-up digit ends the call and the digits after it are not delivered.
+#[test]
+fn injected_dtmf_reaches_the_program_and_the_timeline() {
+    let mut call = attached(tone(&[(&[440], 1000)], true, Some('#')), PCMU_8K);
+    let out = step(&mut call, at(5), Input::Action(Action::InjectDtmf { digits: "12#9".into() }));
+    assert!(out.contains(&Output::End(EndReason::Completed)), "{out:?}");
+    let tail: Vec<_> = kinds(&call).into_iter().skip(2).collect();
+    assert_eq!(
+        tail,
+        [
+            EventKind::ActionApplied { action: "inject_dtmf".into() },
+            EventKind::DtmfInjected { digit: '1' },
+            EventKind::DtmfInjected { digit: '2' },
+            EventKind::DtmfInjected { digit: '#' },
+            EventKind::Ended { reason: EndReason::Completed },
+        ]
+    );
+    let json = serde_json::to_value(call.timeline.events().nth(3).unwrap()).unwrap();
+    assert_eq!(json, serde_json::json!({"at": at(5).0, "type": "dtmf", "digit": "1", "source": "api"}));
+}
+
+/// `mute`: inbound, the program hears silence; outbound, the caller hears silence with the
+/// numbering unchanged; `unmute` restores each way independently.
+#[test]
+fn mute_silences_each_way_independently() {
+    use callworker_call::MuteDirection;
+    let voice = vec![0x12u8; 160];
+    let silence = vec![callworker_protocol::codec::ULAW_SILENCE; 160];
+    let mut call = attached(echo(0), PCMU_8K);
+    step(&mut call, at(1), Input::Action(Action::Mute { direction: MuteDirection::Inbound }));
+    assert!(call.mute.inbound && !call.mute.outbound);
+    let out = step(&mut call, at(20), Input::Audio { seq: 1, payload: &voice });
+    assert_eq!(audio_of(&out), [(1, silence.clone())], "the echo heard silence");
+    step(&mut call, at(21), Input::Action(Action::Mute { direction: MuteDirection::Both }));
+    step(&mut call, at(22), Input::Action(Action::Unmute { direction: MuteDirection::Inbound }));
+    assert!(!call.mute.inbound && call.mute.outbound);
+    let out = step(&mut call, at(40), Input::Audio { seq: 2, payload: &voice });
+    assert_eq!(audio_of(&out), [(2, silence.clone())], "the caller hears silence");
+    step(&mut call, at(41), Input::Action(Action::Unmute { direction: MuteDirection::Outbound }));
+    let out = step(&mut call, at(60), Input::Audio { seq: 3, payload: &voice });
+    assert_eq!(audio_of(&out), [(3, voice.clone())]);
+    // L16 silence is zeros.
+    let mut call = attached(echo(0), L16_16K);
+    step(&mut call, at(1), Input::Action(Action::Mute { direction: MuteDirection::Outbound }));
+    let out = step(&mut call, at(20), Input::Audio { seq: 1, payload: &[7u8; 640] });
+    assert_eq!(audio_of(&out), [(1, vec![0u8; 640])]);
+}
+
+/// `transfer`: the client is told where to (`Notify transfer`), then the call ends with
+/// `transferred`.
+#[test]
+fn transfer_notifies_then_ends_transferred() {
+    let mut call = attached(echo(0), PCMU_8K);
+    let out = step(&mut call, at(5), Input::Action(Action::Transfer { to: "+15550100".into() }));
+    assert_eq!(
+        out,
+        [
+            Output::Notify { name: "transfer", detail: Some("+15550100".into()) },
+            Output::Checkpoint,
+            Output::End(EndReason::Transferred)
+        ]
+    );
+    assert_eq!(call.end_reason, Some(EndReason::Transferred));
+}

@@ -2,8 +2,8 @@
 //! invariants (lib.rs) checked after every step.
 
 use callworker_call::{
-    Action, Call, CallId, CallStatus, EndReason, EventKind, Input, MediaPositions, Output, ProgramSpec,
-    Resume, ResumeCause, Transport, checkpoint,
+    Action, Call, CallId, CallStatus, EndReason, EventKind, Input, MediaPositions, MuteDirection, Output,
+    ProgramSpec, Resume, ResumeCause, Transport, checkpoint,
 };
 use proptest::prelude::*;
 
@@ -38,6 +38,28 @@ fn op() -> impl Strategy<Value = Op> {
             .prop_map(|(freqs_hz, duration_ms)| Action::PlayTone { freqs_hz, duration_ms }),
         program().prop_map(|program| Action::SwitchProgram { program }),
         Just(Action::Hangup),
+        prop::collection::vec((prop::collection::vec(1u32..5_000, 0..3), 0u32..100), 0..4).prop_map(
+            |segments| {
+                Action::Play {
+                    segments: segments
+                        .into_iter()
+                        .map(|(freqs_hz, duration_ms)| callworker_call::program::ToneSegment {
+                            freqs_hz,
+                            duration_ms,
+                        })
+                        .collect(),
+                }
+            }
+        ),
+        prop::sample::select(vec!["1", "9#", "x", "", "*A5"])
+            .prop_map(|d| Action::InjectDtmf { digits: d.into() }),
+        prop::sample::select(vec![MuteDirection::Inbound, MuteDirection::Outbound, MuteDirection::Both])
+            .prop_flat_map(|direction| prop_oneof![
+                Just(Action::Mute { direction }),
+                Just(Action::Unmute { direction })
+            ]),
+        prop::sample::select(vec!["+15550100", "sip:a@b", "nope"])
+            .prop_map(|to| Action::Transfer { to: to.into() }),
     ];
     prop_oneof![
         3 => prop::option::of(0u64..5_000).prop_map(Op::Attach),

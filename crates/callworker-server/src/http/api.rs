@@ -20,7 +20,7 @@ use super::openapi::{
     ActionDoc, AuthErrors, BodyErrors, CallEventsDoc, CallPageDoc, CreateCallDoc, CreatedCallDoc, DrainDoc,
     ErrorBody, MemoryDoc, WorkersDoc,
 };
-use super::{ApiJson, ApiQuery};
+use super::{ApiJson, ApiJsonRaw, ApiQuery};
 use crate::auth::{Caller, Operator, count_refusal};
 use crate::calls::{self, CallView};
 use crate::error::{Error, ErrorKind};
@@ -314,8 +314,9 @@ pub async fn call_events(
     .into_response())
 }
 
-/// Sends a command to the session driving the call here and waits for its answer.
-async fn ask_live(
+/// Sends a command to the session driving the call here and waits for its answer; `None`
+/// when no session drives it here (any more).
+pub(super) async fn ask_live(
     state: &AppState,
     id: &CallId,
     make: impl FnOnce(oneshot::Sender<Result<Call, Error>>) -> Command,
@@ -387,37 +388,22 @@ pub async fn end_call(
         (status = 200, description = "Applied; the call after it", body = crate::calls::CallView),
         (status = 400, description = "Invalid action (`invalid_action`, `invalid_json`, `invalid_body`)", body = ErrorBody),
         (status = 404, description = "No such call (`call_not_found`), or another tenant's", body = ErrorBody),
-        (status = 409, description = "The call has ended (`call_ended`) or no media session drives it here (`call_not_attached`)", body = ErrorBody),
+        (status = 403, description = "A forged or stale forwarding header (`forward_signature_invalid`)", body = ErrorBody),
+        (status = 409, description = "The call has ended (`call_ended`), no media session drives it anywhere (`call_not_attached`, with `Retry-After`), it moved while the action was forwarded (`call_owner_moved`, retry), or a transfer is not possible (`transfer_unavailable`)", body = ErrorBody),
         (status = 500, description = "The call's stored state cannot be read (`checkpoint_unreadable`)", body = ErrorBody),
+        (status = 503, description = "The worker carrying the call did not answer (`owner_unreachable`), Twilio did not take a transfer (`transfer_failed`), or the call is busy (`call_busy`, `call_unresponsive`); `Retry-After`", body = ErrorBody),
         AuthErrors,
         BodyErrors,
     ),
 )]
 pub async fn call_action(
     State(state): State<AppState>,
-    caller: Caller,
+    origin: super::actions::ActionOrigin,
     Path(id): Path<String>,
-    ApiJson(action): ApiJson<Action>,
+    ApiJsonRaw(action, body): ApiJsonRaw<Action>,
 ) -> Result<Response, Error> {
     let id = parse_call_id(&id)?;
-    let record = state.store.get(&id).await?;
-    caller.authorize(&record.tenant)?;
-    action.validate().map_err(|e| invalid("invalid_action", e.to_string()))?;
-    if let Some(reason) = record.end_reason {
-        return Err(callworker_store::StoreError::Ended { reason }.into());
-    }
-    if matches!(action, Action::Hangup) && state.live.get(&id).is_none() {
-        let call = calls::end_in_store(&state, &id, EndReason::ApiEnded).await?;
-        return Ok(Json(CallView::new(&call, record.epoch.next())).into_response());
-    }
-    match ask_live(&state, &id, |tx| Command::Action(action, tx)).await {
-        Some(result) => Ok(Json(CallView::new(&result?, record.epoch)).into_response()),
-        None => Err(Error::new(
-            ErrorKind::Conflict,
-            "call_not_attached",
-            "no media session is attached to this call on this worker",
-        )),
-    }
+    super::actions::apply(&state, origin, id, action, body).await
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

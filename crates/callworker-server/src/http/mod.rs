@@ -1,5 +1,6 @@
 //! The HTTP surface: control API, Twilio webhooks, media upgrades, health and metrics.
 
+mod actions;
 mod api;
 mod health;
 mod media;
@@ -143,6 +144,39 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// [`ApiJson`] that also keeps the body's bytes (a forwarded action is signed over them, and
+/// forwarded as they are).
+#[derive(Debug)]
+pub struct ApiJsonRaw<T>(pub T, pub bytes::Bytes);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJsonRaw<T> {
+    type Rejection = Error;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Error> {
+        let (parts, body) = req.into_parts();
+        let content_type = parts.headers.get(axum::http::header::CONTENT_TYPE).cloned();
+        // Within the route's `DefaultBodyLimit`, which rides in the request's extensions.
+        let bytes =
+            bytes::Bytes::from_request(Request::from_parts(parts, body), state).await.map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::new(
+                        ErrorKind::PayloadTooLarge,
+                        "body_too_large",
+                        "request body exceeds the size bound",
+                    )
+                } else {
+                    Error::new(ErrorKind::InvalidRequest, "invalid_body", e.body_text())
+                }
+            })?;
+        let mut again = Request::new(axum::body::Body::from(bytes.clone()));
+        if let Some(content_type) = content_type {
+            again.headers_mut().insert(axum::http::header::CONTENT_TYPE, content_type);
+        }
+        let ApiJson(value) = ApiJson::<T>::from_request(again, state).await?;
+        Ok(ApiJsonRaw(value, bytes))
+    }
+}
+
 /// Largest magnitude below which every integer is exactly an `f64` (2^53).
 const F64_EXACT_INTEGER_MAX: f64 = 9_007_199_254_740_992.0;
 
@@ -245,5 +279,25 @@ mod tests {
         }
         let e = read("{").await.unwrap_err();
         assert_eq!(e.code, "invalid_json");
+    }
+
+    /// The raw variant reads the same and keeps the body's exact bytes (forwarded actions are
+    /// signed over them), with the same refusals.
+    #[tokio::test]
+    async fn the_raw_json_extractor_keeps_the_bytes_and_refuses_alike() {
+        let raw = |body: &'static str, content_type: Option<&'static str>| {
+            let mut req = Request::post("/");
+            if let Some(ct) = content_type {
+                req = req.header("content-type", ct);
+            }
+            ApiJsonRaw::<Body1>::from_request(req.body(Body::from(body)).unwrap(), &())
+        };
+        let text = r#"{"duration_ms": 40.0, "freqs_hz": []}"#;
+        let ApiJsonRaw(b, bytes) = raw(text, Some("application/json")).await.unwrap();
+        assert_eq!(b, Body1 { duration_ms: 40, freqs_hz: vec![], gain: None });
+        assert_eq!(&bytes[..], text.as_bytes());
+        assert_eq!(raw(text, None).await.unwrap_err().code, "unsupported_media_type");
+        assert_eq!(raw("{", Some("application/json")).await.unwrap_err().code, "invalid_json");
+        assert_eq!(raw("{\"x\": 1}", Some("application/json")).await.unwrap_err().code, "invalid_body");
     }
 }

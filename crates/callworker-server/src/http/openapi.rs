@@ -126,10 +126,8 @@ pub fn document(mut doc: Document, facts: WorkerFacts) -> Document {
     }
     if !authenticated {
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch]
-                .into_iter()
-                .flatten()
-            {
+            let ops = [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch];
+            for op in ops.into_iter().flatten() {
                 op.security = None;
             }
         }
@@ -391,6 +389,49 @@ pub enum ActionDoc {
     SwitchProgram { program: ProgramSpecDoc },
     /// End the call with `api_ended`.
     Hangup,
+    /// Play tones and silences in order over the program's audio (replaces a tone playing).
+    Play {
+        #[schema(min_items = 1, max_items = 32)]
+        segments: Vec<ToneSegmentDoc>,
+    },
+    /// Deliver DTMF digits to the program as if the caller had pressed them.
+    InjectDtmf {
+        #[schema(pattern = "^[0-9*#A-D]{1,32}$")]
+        digits: String,
+    },
+    /// Silence one or both ways of the call's audio (kept across failovers).
+    Mute { direction: MuteDirectionDoc },
+    /// Undo `mute` for one or both ways.
+    Unmute { direction: MuteDirectionDoc },
+    /// Hand the caller to an E.164 number or a SIP URI; the call ends with `transferred`.
+    Transfer {
+        #[schema(max_length = 256, pattern = r"^(\+[0-9]{2,15}|[sS][iI][pP][sS]?:[!#-&(-;=?-_a-~]+)$")]
+        to: String,
+    },
+}
+
+/// Which way of the audio a `mute`/`unmute` acts on.
+#[derive(Debug, ToSchema)]
+#[schema(as = MuteDirection)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+pub enum MuteDirectionDoc {
+    /// The caller's audio: the program hears silence.
+    Inbound,
+    /// Audio to the caller: the caller hears silence.
+    Outbound,
+    Both,
+}
+
+/// Which ways of a call's audio are muted.
+#[derive(Debug, ToSchema)]
+#[schema(as = Mute)]
+#[allow(dead_code)]
+pub struct MuteDoc {
+    /// The program hears silence instead of the caller.
+    inbound: bool,
+    /// The caller hears silence instead of the program.
+    outbound: bool,
 }
 
 // ---- Responses -------------------------------------------------------------------------
@@ -472,6 +513,7 @@ pub enum EndReasonDoc {
     ShedMemory,
     DrainTimeout,
     InternalError,
+    Transferred,
 }
 
 #[derive(Debug, ToSchema)]
@@ -524,14 +566,42 @@ pub struct CallEventsDoc {
 #[allow(dead_code)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CallEventDoc {
-    Created { at: u64, program: String },
-    Attached { at: u64, transport: TransportDoc },
-    Resumed { at: u64, transport: TransportDoc, cause: ResumeCauseDoc, gap_ms: u64 },
-    Detached { at: u64 },
-    Dtmf { at: u64, digit: String },
-    ProgramSwitched { at: u64, program: String },
-    ActionApplied { at: u64, action: String },
-    Ended { at: u64, reason: EndReasonDoc },
+    Created {
+        at: u64,
+        program: String,
+    },
+    Attached {
+        at: u64,
+        transport: TransportDoc,
+    },
+    Resumed {
+        at: u64,
+        transport: TransportDoc,
+        cause: ResumeCauseDoc,
+        gap_ms: u64,
+    },
+    Detached {
+        at: u64,
+    },
+    /// A key press; `source` is `api` for a digit injected by `inject_dtmf` and absent for
+    /// the caller's own.
+    Dtmf {
+        at: u64,
+        digit: String,
+        source: Option<String>,
+    },
+    ProgramSwitched {
+        at: u64,
+        program: String,
+    },
+    ActionApplied {
+        at: u64,
+        action: String,
+    },
+    Ended {
+        at: u64,
+        reason: EndReasonDoc,
+    },
 }
 
 /// `GET /v1/workers` answer.
@@ -548,7 +618,7 @@ pub struct WorkersDoc {
 #[allow(dead_code)]
 pub struct WorkerDoc {
     worker_id: String,
-    /// Where its HTTP API listens.
+    /// Where other workers reach it: `server.advertise_url`, else its bound address.
     address: String,
     version: String,
     live_calls: u64,

@@ -23,7 +23,8 @@ use crate::state::AppState;
 /// Longest form value we keep (Twilio numbers, SIDs).
 const FORM_VALUE_BYTES_MAX: usize = 256;
 
-fn xml_escape(s: &str) -> String {
+/// Escapes text for an XML attribute or element.
+pub(crate) fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {

@@ -378,6 +378,9 @@ struct Driver {
     held: Option<Message>,
     /// Close frame to send once the last write is durable (see `finish`).
     closing: Option<(u16, String)>,
+    /// A Twilio transfer is under way: Twilio stopping the stream is the transfer taking
+    /// effect, so the call ends `transferred` (see [`Command::PrepareTransfer`]).
+    transferring: bool,
     frames_in: metrics::Counter,
     frames_out: metrics::Counter,
     frames_dropped: metrics::Counter,
@@ -425,6 +428,7 @@ impl Driver {
             confirming: None,
             held: None,
             closing: None,
+            transferring: false,
             frames_in: metrics::counter!(m::FRAMES_IN, "transport" => label),
             frames_out: metrics::counter!(m::FRAMES_OUT, "transport" => label),
             frames_dropped: metrics::counter!(m::FRAMES_DROPPED, "transport" => label),
@@ -563,6 +567,12 @@ impl Driver {
             Decoded::Nothing => None,
             Decoded::Refuse(e) => Some(self.refuse(e)),
             Decoded::Input(input) => {
+                let input = match input {
+                    Input::End(EndReason::RemoteHangup) if self.transferring => {
+                        Input::End(EndReason::Transferred)
+                    }
+                    input => input,
+                };
                 self.call.handle(now(), input, &mut self.outputs);
                 self.dirty = true;
                 self.flush_outputs();
@@ -630,6 +640,11 @@ impl Driver {
                 info!(call_id = %self.call_id, epoch = %self.epoch, cause = cause.as_str(), "migrating the call to another worker");
                 self.migrate(cause);
             }
+            Command::PrepareTransfer(reply) => {
+                self.transferring = true;
+                let _ = reply.send(Ok(self.call.clone()));
+            }
+            Command::CancelTransfer => self.transferring = false,
         }
     }
 
