@@ -1,5 +1,6 @@
 //! The HTTP surface: control API, Twilio webhooks, media upgrades, health and metrics.
 
+mod admin_webhooks;
 mod api;
 mod health;
 mod media;
@@ -60,6 +61,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::admin_memory_purge))
         .routes(routes!(api::admin_memory_profile))
         .routes(routes!(api::admin_drain))
+        .routes(routes!(admin_webhooks::dead_letters))
         .route("/v1/media", get(media::native_media))
         .route("/twilio/voice", post(twilio::voice))
         .route("/twilio/stream-ended", post(twilio::stream_ended))

@@ -126,10 +126,11 @@ pub fn document(mut doc: Document, facts: WorkerFacts) -> Document {
     }
     if !authenticated {
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch] {
-                if let Some(op) = op {
-                    op.security = None;
-                }
+            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch]
+                .into_iter()
+                .flatten()
+            {
+                op.security = None;
             }
         }
     }
