@@ -48,6 +48,11 @@ struct Seen {
 #[derive(Debug, Default)]
 struct ReceiverState {
     accepting: bool,
+    /// How long a refusal takes: a slow receiver keeps deliveries (and their claims) in
+    /// flight, so a killed worker is likely to die holding one.
+    refuse_delay: Duration,
+    /// Requests read and not answered yet.
+    in_flight: usize,
     requests: Vec<Seen>,
     /// Accepted deliveries per key, in order of first acceptance.
     accepted_order: Vec<String>,
@@ -84,6 +89,10 @@ impl Receiver {
         self.state.lock().unwrap().accepting = on;
     }
 
+    fn refuse_slowly(&self, delay: Duration) {
+        self.state.lock().unwrap().refuse_delay = delay;
+    }
+
     fn requests(&self) -> Vec<Seen> {
         self.state.lock().unwrap().requests.clone()
     }
@@ -109,6 +118,15 @@ impl Receiver {
                 self.accepted_order()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until a delivery is in flight (read, not answered yet).
+    async fn wait_in_flight(&self) {
+        let deadline = tokio::time::Instant::now() + HOOK_WAIT;
+        while self.state.lock().unwrap().in_flight == 0 {
+            assert!(tokio::time::Instant::now() < deadline, "no delivery in flight");
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }
 
@@ -170,6 +188,12 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<ReceiverState>>) {
         let signature_ok = header("x-callworker-signature").is_some_and(|s| verify(&s, &raw));
         let body: Value = serde_json::from_slice(&raw).unwrap_or(Value::Null);
         let key = header("idempotency-key").unwrap_or_default();
+        let refuse_delay = {
+            let mut s = state.lock().unwrap();
+            s.in_flight += 1;
+            if s.accepting { Duration::ZERO } else { s.refuse_delay }
+        };
+        tokio::time::sleep(refuse_delay).await;
         let status = {
             let mut s = state.lock().unwrap();
             let accepted = s.accepting && signature_ok;
@@ -189,6 +213,7 @@ async fn serve(mut socket: TcpStream, state: Arc<Mutex<ReceiverState>>) {
                 signature_ok,
                 accepted,
             });
+            s.in_flight -= 1;
             if accepted { "200 OK" } else { "503 Service Unavailable" }
         };
         let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n");
@@ -302,11 +327,22 @@ async fn other_tenant_call(base_url: &str) -> String {
 async fn every_webhook_is_delivered_once_per_key_despite_a_kill_9_before_delivery() {
     const FRAMES: u64 = 25;
     let receiver = Receiver::start().await;
+    receiver.refuse_slowly(Duration::from_millis(700));
     let redis = RedisServer::start().await.unwrap();
     let env = hook_env(&receiver, 1_000);
+    // Workers 1 and 2 look for due webhooks only every 5 s (and once at start, before any
+    // event exists), so the deliveries before the kill are worker 0's: it dies holding a
+    // claim, which must lapse (4 × 1 s + 1 s) before a survivor retries.
+    let mut slow_poll = env.clone();
+    for (k, v) in &mut slow_poll {
+        if k == "CALLWORKER_WEBHOOKS__POLL_INTERVAL_MS" {
+            *v = "5000".to_owned();
+        }
+    }
     let mut workers = Vec::new();
     for i in 0..3 {
-        workers.push(Worker::start(fleet_worker(&format!("hooks-w{i}"), &redis, &env)).await.unwrap());
+        let env = if i == 0 { &env } else { &slow_poll };
+        workers.push(Worker::start(fleet_worker(&format!("hooks-w{i}"), &redis, env)).await.unwrap());
     }
     let other_call = other_tenant_call(&workers[0].base_url).await;
 
@@ -334,7 +370,8 @@ async fn every_webhook_is_delivered_once_per_key_despite_a_kill_9_before_deliver
     let dtmf_key = durable_event_key(&redis, &call_id, "dtmf").await;
     assert!(receiver.accepted_order().is_empty(), "nothing accepted before the kill");
 
-    workers[0].kill(); // SIGKILL: the owner dies with the events undelivered
+    receiver.wait_in_flight().await;
+    workers[0].kill(); // SIGKILL mid-delivery: the owner dies with the events undelivered
     for seq in FRAMES + 1..=2 * FRAMES {
         tick.tick().await;
         call.send_audio(&frame(0, seq)).await.unwrap();
@@ -342,6 +379,7 @@ async fn every_webhook_is_delivered_once_per_key_despite_a_kill_9_before_deliver
     until(&mut events, |e| matches!(e, CallEvent::Resumed { .. })).await;
     until(&mut events, |e| matches!(e, CallEvent::Acked { upto_seq } if *upto_seq >= 2 * FRAMES)).await;
     receiver.accept(true);
+    let accepting_since = std::time::Instant::now();
     call.dtmf('7').await.unwrap();
     // Let a checkpoint carry the digit before hanging up (the end carries it otherwise).
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -367,6 +405,7 @@ async fn every_webhook_is_delivered_once_per_key_despite_a_kill_9_before_deliver
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     receiver.wait_accepted(&keys).await;
+    let all_accepted = accepting_since.elapsed();
 
     let requests = receiver.requests();
     let ours: Vec<&Seen> = requests.iter().filter(|r| r.body["call_id"] == call_id).collect();
@@ -423,9 +462,10 @@ async fn every_webhook_is_delivered_once_per_key_despite_a_kill_9_before_deliver
     let duplicates: u32 = receiver.state.lock().unwrap().accepted.values().map(|n| n - 1).sum();
     let refused = ours.iter().filter(|r| !r.accepted).count();
     println!(
-        "webhooks: {} events, {} requests ({refused} refused while the receiver was down), {duplicates} duplicate deliveries after acceptance",
+        "webhooks: {} events, {} requests ({refused} refused while the receiver was down), {duplicates} duplicate deliveries after acceptance; all accepted {all_accepted:?} after the receiver came back (hang-up {:?} later than that)",
         keys.len(),
-        ours.len()
+        ours.len(),
+        Duration::from_millis(400)
     );
 }
 
