@@ -42,7 +42,79 @@ pub struct Config {
     pub governor: GovernorConfig,
     pub profiling: ProfilingConfig,
     pub auth: AuthConfig,
+    pub webhooks: WebhooksConfig,
 }
+
+/// Webhooks: per-tenant targets and the delivery bounds (see `webhooks.rs`,
+/// docs/webhooks.md).
+#[derive(Debug, Clone)]
+pub struct WebhooksConfig {
+    /// Where each tenant's events go; a tenant not listed gets none.
+    pub tenants: Vec<WebhookTarget>,
+    /// Bound on one delivery request (connect, send, response head).
+    pub request_timeout: Duration,
+    /// Attempts per event; after the last failed one the event is dead-lettered.
+    pub attempts_max: u32,
+    /// The delay after the first failed attempt; doubled per further failure, at most
+    /// `backoff_max`, then jittered down by up to half.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    /// How often each worker looks for due events.
+    pub poll_interval: Duration,
+    /// Calls claimed per poll.
+    pub claim_batch_max: usize,
+    /// Deliveries in flight per worker (one call's events go out one at a time, in order).
+    /// When all are busy, no more calls are claimed until one finishes.
+    pub concurrency_max: usize,
+    /// Undelivered events per call, in the store and in a session's unwritten state; beyond
+    /// it the call's newer timeline events are dropped and counted (the end's are kept).
+    pub call_events_max: usize,
+    /// Dead letters kept fleet-wide; beyond it the oldest is dropped.
+    pub dead_letters_max: usize,
+}
+
+impl WebhooksConfig {
+    /// The event masks the store keeps per tenant.
+    pub fn subscriptions(&self) -> callworker_store::outbox::Subscriptions {
+        let mut subscriptions = callworker_store::outbox::Subscriptions::default();
+        for t in &self.tenants {
+            subscriptions.subscribe(&t.tenant, t.events.iter().copied());
+        }
+        subscriptions
+    }
+
+    pub fn target(&self, tenant: &str) -> Option<&WebhookTarget> {
+        self.tenants.iter().find(|t| t.tenant.as_str() == tenant)
+    }
+}
+
+/// One tenant's webhook endpoint.
+#[derive(Clone)]
+pub struct WebhookTarget {
+    pub tenant: TenantId,
+    /// `http://` or `https://` URL the events are POSTed to.
+    pub url: String,
+    /// The events the tenant receives.
+    pub events: Vec<callworker_store::outbox::EventType>,
+    /// Key of the `X-Callworker-Signature` HMAC (at least 32 bytes).
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for WebhookTarget {
+    /// Leaves the secret out.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebhookTarget")
+            .field("tenant", &self.tenant)
+            .field("url", &self.url)
+            .field("events", &self.events)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Most webhook tenants a worker accepts.
+pub const WEBHOOK_TENANTS_MAX: usize = 10_000;
+/// Shortest webhook signing secret.
+pub const WEBHOOK_SECRET_BYTES_MIN: usize = 32;
 
 /// Who may call the control API, and how much (see `auth.rs`).
 #[derive(Debug, Clone)]
@@ -406,6 +478,102 @@ struct RawConfig {
     governor: RawGovernor,
     profiling: RawProfiling,
     auth: RawAuth,
+    webhooks: RawWebhooks,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    tenants: Vec<RawWebhookTarget>,
+    request_timeout_ms: u64,
+    attempts_max: u32,
+    backoff_base_ms: u64,
+    backoff_max_ms: u64,
+    poll_interval_ms: u64,
+    claim_batch_max: usize,
+    concurrency_max: usize,
+    call_events_max: usize,
+    dead_letters_max: usize,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhookTarget {
+    tenant: String,
+    url: String,
+    #[serde(default = "all_events")]
+    events: Vec<String>,
+    #[serde(default)]
+    secret: String,
+    #[serde(default)]
+    secret_file: String,
+}
+
+impl std::fmt::Debug for RawWebhookTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawWebhookTarget").field("tenant", &self.tenant).finish_non_exhaustive()
+    }
+}
+
+fn all_events() -> Vec<String> {
+    vec!["*".to_owned()]
+}
+
+/// Validates `[webhooks] tenants`: a plain unique tenant, an http(s) URL, known event names
+/// (`*` for all), and exactly one of `secret` / `secret_file`, at least
+/// [`WEBHOOK_SECRET_BYTES_MIN`] bytes long.
+fn validate_webhook_targets(raw: Vec<RawWebhookTarget>) -> Result<Vec<WebhookTarget>, ConfigError> {
+    use callworker_store::outbox::EventType;
+    if raw.len() > WEBHOOK_TENANTS_MAX {
+        return Err(invalid(format!("webhooks.tenants: more than {WEBHOOK_TENANTS_MAX} entries")));
+    }
+    let mut targets: Vec<WebhookTarget> = Vec::with_capacity(raw.len());
+    for t in raw {
+        let tenant = TenantId::parse(&t.tenant)
+            .map_err(|e| invalid(format!("webhooks.tenants: tenant {:?}: {e}", t.tenant)))?;
+        let at = format!("webhooks.tenants[{}]", tenant.as_str());
+        if targets.iter().any(|o| o.tenant == tenant) {
+            return Err(invalid(format!("{at}: the tenant is listed twice")));
+        }
+        let url = reqwest::Url::parse(&t.url).map_err(|e| invalid(format!("{at}: url: {e}")))?;
+        if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none_or(str::is_empty) {
+            return Err(invalid(format!("{at}: url must be http:// or https:// with a host")));
+        }
+        let mut events = Vec::new();
+        for name in &t.events {
+            if name == "*" {
+                events = EventType::ALL.to_vec();
+                break;
+            }
+            let kind = EventType::parse(name).ok_or_else(|| {
+                let known: Vec<&str> = EventType::ALL.iter().map(|e| e.as_str()).collect();
+                invalid(format!("{at}: unknown event {name:?} (known: {}, or \"*\")", known.join(", ")))
+            })?;
+            if !events.contains(&kind) {
+                events.push(kind);
+            }
+        }
+        if events.is_empty() {
+            return Err(invalid(format!("{at}: events is empty (omit it, or use [\"*\"], for all)")));
+        }
+        let secret = match (t.secret.is_empty(), t.secret_file.is_empty()) {
+            (false, true) => t.secret.into_bytes(),
+            (true, false) => {
+                let text = std::fs::read_to_string(&t.secret_file)
+                    .map_err(|e| invalid(format!("{at}: secret_file {:?}: {e}", t.secret_file)))?;
+                text.trim_end_matches(['\n', '\r']).as_bytes().to_vec()
+            }
+            (true, true) => return Err(invalid(format!("{at}: needs a secret or a secret_file"))),
+            (false, false) => return Err(invalid(format!("{at}: give a secret or a secret_file, not both"))),
+        };
+        if secret.len() < WEBHOOK_SECRET_BYTES_MIN {
+            return Err(invalid(format!(
+                "{at}: the signing secret must be at least {WEBHOOK_SECRET_BYTES_MIN} bytes"
+            )));
+        }
+        targets.push(WebhookTarget { tenant, url: url.to_string(), events, secret });
+    }
+    Ok(targets)
 }
 
 #[derive(Debug, Deserialize)]
@@ -940,6 +1108,23 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
 
     let profiling = ProfilingConfig { enabled: raw.profiling.enabled };
 
+    let w = raw.webhooks;
+    let webhooks = WebhooksConfig {
+        tenants: validate_webhook_targets(w.tenants)?,
+        request_timeout: ms("webhooks.request_timeout_ms", w.request_timeout_ms, 100, 120_000)?,
+        attempts_max: range("webhooks.attempts_max", w.attempts_max, 1, 1_000)?,
+        backoff_base: ms("webhooks.backoff_base_ms", w.backoff_base_ms, 10, 3_600_000)?,
+        backoff_max: ms("webhooks.backoff_max_ms", w.backoff_max_ms, 10, 24 * 3_600_000)?,
+        poll_interval: ms("webhooks.poll_interval_ms", w.poll_interval_ms, 10, 60_000)?,
+        claim_batch_max: range("webhooks.claim_batch_max", w.claim_batch_max, 1, 10_000)?,
+        concurrency_max: range("webhooks.concurrency_max", w.concurrency_max, 1, 10_000)?,
+        call_events_max: range("webhooks.call_events_max", w.call_events_max, 1, 100_000)?,
+        dead_letters_max: range("webhooks.dead_letters_max", w.dead_letters_max, 1, 1_000_000)?,
+    };
+    if webhooks.backoff_max < webhooks.backoff_base {
+        return Err(invalid("webhooks.backoff_max_ms must not be below webhooks.backoff_base_ms"));
+    }
+
     Ok(Config {
         server,
         log,
@@ -953,6 +1138,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         governor,
         profiling,
         auth,
+        webhooks,
     })
 }
 
@@ -985,6 +1171,73 @@ mod tests {
         assert!(config.auth.keys.is_empty() && config.auth.keys_file.is_none(), "no key ships");
         assert!(config.twilio.verify_signatures);
         assert!(config.security.allowed_origins.is_empty(), "no browser origin is allowed by default");
+    }
+
+    #[test]
+    fn webhook_targets_are_validated() {
+        let secret = "s".repeat(32);
+        let good = format!(
+            r#"[{{tenant = "acme", url = "https://hooks.example.com/cw", secret = "{secret}"}}, {{tenant = "b", url = "http://127.0.0.1:9/x", events = ["dtmf", "call.ended"], secret = "{secret}"}}]"#
+        );
+        let config = load(&[("CALLWORKER_WEBHOOKS__TENANTS", &good)]).unwrap();
+        let w = &config.webhooks;
+        assert_eq!(w.tenants.len(), 2);
+        assert_eq!(w.tenants[0].events.len(), 6, "events default to all");
+        assert_eq!(w.tenants[1].events.len(), 2);
+        assert!(!format!("{w:?}").contains(&secret), "the secret is never printed");
+        let subs = w.subscriptions();
+        assert_eq!(subs.mask(&TenantId::parse("acme").unwrap()), callworker_store::outbox::MASK_ALL);
+        assert_eq!(subs.mask(&TenantId::parse("nobody").unwrap()), 0);
+        let cases = [
+            (r#"[{tenant = "acme", url = "https://x.example"}]"#.to_owned(), "needs a secret"),
+            (
+                r#"[{tenant = "acme", url = "https://x.example", secret = "short"}]"#.to_owned(),
+                "at least 32 bytes",
+            ),
+            (
+                format!(r#"[{{tenant = "acme", url = "ftp://x.example", secret = "{secret}"}}]"#),
+                "http:// or https://",
+            ),
+            (
+                format!(
+                    r#"[{{tenant = "acme", url = "https://x", events = ["nope"], secret = "{secret}"}}]"#
+                ),
+                "unknown event",
+            ),
+            (
+                format!(r#"[{{tenant = "acme", url = "https://x", events = [], secret = "{secret}"}}]"#),
+                "events is empty",
+            ),
+            (format!(r#"[{{tenant = "a b", url = "https://x", secret = "{secret}"}}]"#), "tenant"),
+            (
+                format!(
+                    r#"[{{tenant = "acme", url = "https://x", secret = "{secret}", secret_file = "/nonexistent"}}]"#
+                ),
+                "not both",
+            ),
+            (
+                r#"[{tenant = "acme", url = "https://x", secret_file = "/nonexistent/secret"}]"#.to_owned(),
+                "secret_file",
+            ),
+            (
+                format!(
+                    r#"[{{tenant = "acme", url = "https://x", secret = "{secret}"}}, {{tenant = "acme", url = "https://y", secret = "{secret}"}}]"#
+                ),
+                "listed twice",
+            ),
+        ];
+        for (value, needle) in cases {
+            let err = load(&[("CALLWORKER_WEBHOOKS__TENANTS", &value)]).unwrap_err().to_string();
+            assert!(err.contains(needle), "{value}: {err}");
+            assert!(!err.contains(&secret), "{err}");
+        }
+        let err = load(&[
+            ("CALLWORKER_WEBHOOKS__BACKOFF_MAX_MS", "20"),
+            ("CALLWORKER_WEBHOOKS__BACKOFF_BASE_MS", "50"),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("backoff_max_ms"), "{err}");
     }
 
     #[test]

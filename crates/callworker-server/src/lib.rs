@@ -14,6 +14,8 @@
 //! - [`forward`]: control-API actions for a call another worker carries, forwarded to that
 //!   worker once, signed worker to worker; [`twilio_rest`]: Twilio call updates (rescue,
 //!   transfer).
+//! - [`webhooks`]: which call events become webhooks, and the delivery task that sends
+//!   them from the store's durable outbox.
 //! - [`admission`], [`live`], [`token`], [`error`], [`metrics`], [`telemetry`], [`state`].
 //! - `fuzzing` (feature `fuzzing`): the check the token fuzz target in `fuzz/` runs, shared
 //!   with the stable corpus replay.
@@ -49,6 +51,7 @@ pub mod telemetry;
 pub mod token;
 pub mod twilio_rest;
 pub mod wav;
+pub mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -77,9 +80,13 @@ const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 /// exits (its supervisor restarts it) rather than accept calls it cannot make durable.
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CallStore>> {
     Ok(match &config.store {
-        StoreConfig::Memory { capacity, recording_track_bytes_max } => {
-            Arc::new(MemoryStore::new(*capacity).with_recording_limit(*recording_track_bytes_max))
-        }
+        StoreConfig::Memory { capacity, recording_track_bytes_max } => Arc::new(
+            MemoryStore::new(*capacity).with_recording_limit(*recording_track_bytes_max).with_webhooks(
+                config.webhooks.subscriptions(),
+                config.webhooks.call_events_max,
+                config.webhooks.dead_letters_max,
+            ),
+        ),
         StoreConfig::Redis(redis) => {
             let options = RedisStoreOptions {
                 url: redis.url.clone(),
@@ -95,6 +102,9 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn CallStore>> {
                     + config.resume.resume_window
                     + Duration::from_secs(3600),
                 recording_track_bytes_max: redis.recording_track_bytes_max,
+                webhooks: config.webhooks.subscriptions(),
+                webhook_call_events_max: config.webhooks.call_events_max,
+                webhook_dead_letters_max: config.webhooks.dead_letters_max,
             };
             let store = RedisStore::connect(options).await.context("connect to Redis (store.redis_url)")?;
             info!(namespace = %redis.namespace, mode = ?redis.mode, "call store: Redis");
@@ -223,6 +233,7 @@ pub async fn serve(
     };
     let registry = tokio::spawn(registry::run(state.clone(), advertised));
     let keys = tokio::spawn(auth::task_main(state.clone()));
+    let hooks = tokio::spawn(webhooks::task_main(state.clone()));
 
     let stop = state.shutdown.clone();
     let app = http::router(state.clone());
@@ -245,6 +256,7 @@ pub async fn serve(
             registry.abort();
             governor.abort();
             keys.abort();
+            hooks.abort();
             return match result {
                 Ok(Ok(())) => Err(anyhow::anyhow!("server stopped unexpectedly")),
                 Ok(Err(e)) => Err(e).context("serve HTTP"),
@@ -269,6 +281,7 @@ pub async fn serve(
     reaper.abort();
     governor.abort();
     keys.abort();
+    hooks.abort();
     // Leave the registry cleanly (bounded: the store may be the reason we are stopping).
     let _ = tokio::time::timeout(std::time::Duration::from_secs(1), registry).await;
     if drained.is_err() {

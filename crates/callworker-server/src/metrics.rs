@@ -109,6 +109,24 @@ pub const CALL_ACCOUNT_BYTES: &str = "callworker_call_account_bytes";
 /// Samples the governor could not read.
 pub const GOVERNOR_READ_FAILURES: &str = "callworker_governor_read_failures_total";
 
+/// Webhook events accepted by their receiver (2xx), by `type`.
+pub const WEBHOOKS_DELIVERED: &str = "callworker_webhooks_delivered_total";
+/// Failed webhook attempts scheduled for a retry, by `reason` (`status`, `network`).
+pub const WEBHOOKS_RETRIED: &str = "callworker_webhooks_retried_total";
+/// Webhook events given up on and dead-lettered, by `reason` (`attempts_exhausted`,
+/// `tenant_not_configured`, `unreadable`).
+pub const WEBHOOKS_DEAD_LETTERED: &str = "callworker_webhooks_dead_lettered_total";
+/// Webhook events not sent, by `reason` (`unsubscribed`: the tenant's current configuration
+/// no longer lists the event; `pending_full`: a session's unwritten events beyond
+/// `webhooks.call_events_max`).
+pub const WEBHOOKS_DROPPED: &str = "callworker_webhooks_dropped_total";
+/// Calls with undelivered webhook events, fleet-wide (the outbox depth).
+pub const WEBHOOK_OUTBOX_CALLS: &str = "callworker_webhook_outbox_calls";
+/// From an event to its acceptance by the receiver (includes retries).
+pub const WEBHOOK_DELIVERY_SECONDS: &str = "callworker_webhook_delivery_seconds";
+/// Outbox operations that failed for the store's sake.
+pub const WEBHOOK_STORE_ERRORS: &str = "callworker_webhook_store_errors_total";
+
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -198,4 +216,19 @@ fn describe() {
     describe_counter!(AUTH_REFUSED, "Requests refused by authentication or authorization, by reason");
     describe_counter!(LIMIT_REFUSED, "Requests or connections refused by an abuse limit, by limit");
     describe_counter!(AUTH_KEYS_RELOAD_FAILURES, "API keys file changes that could not be loaded");
+    describe_counter!(WEBHOOKS_DELIVERED, "Webhook events accepted by their receiver, by type");
+    describe_counter!(WEBHOOKS_RETRIED, "Failed webhook attempts scheduled for a retry, by reason");
+    describe_counter!(WEBHOOKS_DEAD_LETTERED, "Webhook events given up on (dead-lettered), by reason");
+    describe_counter!(WEBHOOKS_DROPPED, "Webhook events not sent, by reason");
+    describe_gauge!(WEBHOOK_OUTBOX_CALLS, "Calls with undelivered webhook events, fleet-wide");
+    describe_histogram!(
+        WEBHOOK_DELIVERY_SECONDS,
+        Unit::Seconds,
+        "From a webhook event to its acceptance by the receiver"
+    );
+    describe_counter!(WEBHOOK_STORE_ERRORS, "Webhook outbox operations failed for the store's sake");
+    describe_counter!(
+        callworker_store::metrics::WEBHOOK_EVENTS_DROPPED,
+        "Webhook events a call's outbox had no room for (webhooks.call_events_max)"
+    );
 }

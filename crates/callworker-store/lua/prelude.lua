@@ -48,11 +48,68 @@ local function append_recording(inbound, outbound, max, ttl_ms, in_len, out_len)
   return fields
 end
 
--- Sets the TTL of every key of the call (hash and both recording tracks).
+-- Sets the TTL of every key of the call (hash, both recording tracks, webhook outbox).
 local function expire_call(ttl_ms)
   redis.call('PEXPIRE', KEYS[1], ttl_ms)
   redis.call('PEXPIRE', KEYS[2], ttl_ms)
   redis.call('PEXPIRE', KEYS[3], ttl_ms)
+  redis.call('PEXPIRE', KEYS[4], ttl_ms)
+end
+
+-- The webhook outbox (KEYS[4]): a LIST of event bodies, oldest first (outbox.rs). A body
+-- is built like outbox::body in Rust; every part is a plain id, a number or JSON made by
+-- the caller, so no escaping is needed.
+local function event_body(id, typ, call_id, tenant, at, data)
+  return '{"id":"' .. id .. '","type":"' .. typ .. '","call_id":"' .. call_id .. '","tenant":"' ..
+    tenant .. '","at":' .. at .. ',"data":' .. data .. '}'
+end
+
+-- The events the caller passed as ARGV groups of five from `first`: type, bit, id, at, data.
+local function argv_events(first)
+  local events = {}
+  local i = first
+  while ARGV[i + 4] do
+    events[#events + 1] = {ARGV[i], tonumber(ARGV[i + 1]), ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]}
+    i = i + 5
+  end
+  return events
+end
+
+-- Appends the `events` that the call's subscription mask `hooks` selects. Beyond `max`
+-- undelivered events, events are dropped and counted in the hash's `ob_dropped`, unless
+-- `force` (the end's own events, at most two per call). Returns the outbox's length (0
+-- without a subscription, without reading it) and how many events were dropped.
+local function enqueue(events, hooks, call_id, tenant, max, force, ttl_ms)
+  local mask = tonumber(hooks) or 0
+  if mask == 0 then return 0, 0 end
+  local len = redis.call('LLEN', KEYS[4])
+  local added = 0
+  local dropped = 0
+  for _, e in ipairs(events) do
+    if bit.band(mask, e[2]) ~= 0 then
+      if len >= max and not force then
+        redis.call('HINCRBY', KEYS[1], 'ob_dropped', 1)
+        dropped = dropped + 1
+      else
+        len = redis.call('RPUSH', KEYS[4], event_body(e[3], e[1], call_id, tenant, e[4], e[5]))
+        added = added + 1
+      end
+    end
+  end
+  if added > 0 then redis.call('PEXPIRE', KEYS[4], ttl_ms) end
+  return len, dropped
+end
+
+-- The end's own events: call.ended, and recording.ready when audio was recorded.
+local function end_events(call_id, reason, now, in_len, out_len, truncated)
+  local events = {{'call.ended', 8, call_id .. ':ended', ms(now), '{"reason":"' .. reason .. '"}'}}
+  if in_len + out_len > 0 then
+    local t = 'false'
+    if truncated then t = 'true' end
+    events[2] = {'recording.ready', 32, call_id .. ':recording', ms(now),
+      '{"inbound_bytes":' .. in_len .. ',"outbound_bytes":' .. out_len .. ',"truncated":' .. t .. '}'}
+  end
+  return events
 end
 
 -- Decides whether the lease index must be rewritten after the lease moved to `lease_until`.

@@ -3,15 +3,20 @@
 //! Each scenario is a `pub async fn` taking a store and panicking (through `assert!`) when
 //! the store breaks one of the invariants in the crate docs; [`run_all`] runs every scenario
 //! on a fresh store from the async factory `make`. Stores from `make` must bound each
-//! recorded track to [`RECORDING_TRACK_BYTES_MAX`] bytes. Implementations run it from their
-//! tests:
+//! recorded track to [`RECORDING_TRACK_BYTES_MAX`] bytes, and keep webhooks as
+//! [`webhook_subscriptions`], [`WEBHOOK_CALL_EVENTS_MAX`] and [`WEBHOOK_DEAD_LETTERS_MAX`]
+//! say. Implementations run it from their tests:
 //!
 //! ```
 //! # use callworker_store::{contract, memory::MemoryStore};
 //! # async fn meets_the_contract() {
 //! // In a `#[tokio::test]`:
 //! contract::run_all(|| async {
-//!     MemoryStore::new(1_000).with_recording_limit(contract::RECORDING_TRACK_BYTES_MAX)
+//!     MemoryStore::new(1_000).with_recording_limit(contract::RECORDING_TRACK_BYTES_MAX).with_webhooks(
+//!         contract::webhook_subscriptions(),
+//!         contract::WEBHOOK_CALL_EVENTS_MAX,
+//!         contract::WEBHOOK_DEAD_LETTERS_MAX,
+//!     )
 //! })
 //! .await;
 //! # }
@@ -34,6 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use callworker_call::{CallId, EndReason, Epoch, TenantId, UnixMillis, WorkerId};
 
+use crate::outbox::{EventBody, EventType, OutboxClaim, OutboxEvent, PendingEvent, Settle, Subscriptions};
 use crate::{
     AttemptId, CallRecord, CallStore, Checkpoint, CheckpointAck, ExpireAction, LIST_LIMIT_MAX,
     LeaseObservation, ListQuery, NewCall, RecordStatus, Recording, RecordingChunk, StoreError, WorkerInfo,
@@ -41,6 +47,22 @@ use crate::{
 
 /// The per-track recording bound the stores given to [`run_all`] must have.
 pub const RECORDING_TRACK_BYTES_MAX: usize = 64;
+/// The tenant whose calls keep every webhook event in the stores given to [`run_all`];
+/// other tenants keep none.
+pub const WEBHOOK_TENANT: &str = "contract-hooks";
+/// The per-call bound on undelivered webhook events the stores must have.
+pub const WEBHOOK_CALL_EVENTS_MAX: usize = 4;
+/// The bound on dead letters the stores must have.
+pub const WEBHOOK_DEAD_LETTERS_MAX: usize = 1_000;
+
+/// The webhook subscriptions the stores given to [`run_all`] must have.
+pub fn webhook_subscriptions() -> Subscriptions {
+    let mut subscriptions = Subscriptions::default();
+    let tenant = TenantId::parse(WEBHOOK_TENANT).expect("a valid tenant");
+    subscriptions.subscribe(&tenant, EventType::ALL);
+    subscriptions
+}
+
 /// A lease short enough for a test to wait it out.
 pub const LEASE_TINY: Duration = Duration::from_millis(200);
 /// How long the reaper scenarios sleep to see a [`LEASE_TINY`] lease run out (with room for
@@ -86,6 +108,12 @@ where
     expired_leases_come_oldest_first_within_the_limit(&make().await).await;
     heartbeats_list_workers_until_they_lapse(&make().await).await;
     live_calls_of_a_tenant_reach_the_bound_only_while_that_many_are_live(&make().await).await;
+    webhook_events_ride_with_their_writes_exactly_once_and_in_order(&make().await).await;
+    webhooks_of_unsubscribed_tenants_are_not_kept(&make().await).await;
+    webhook_retries_back_off_and_dead_letters_are_kept(&make().await).await;
+    lapsed_outbox_claims_are_claimed_again(&make().await).await;
+    webhook_outbox_is_bounded_per_call_but_keeps_the_end(&make().await).await;
+    reaper_end_writes_the_end_webhook_events(&make().await).await;
 }
 
 static UNIQUE: AtomicU64 = AtomicU64::new(0);
@@ -769,4 +797,271 @@ pub async fn live_calls_of_a_tenant_reach_the_bound_only_while_that_many_are_liv
     }
     assert_eq!(count(t.clone(), 1).await, 0, "no live call left");
     assert_eq!(count(u, 1).await, 1);
+}
+
+// ----- webhook outbox --------------------------------------------------------------------
+
+fn hooked_tenant() -> TenantId {
+    TenantId::parse(WEBHOOK_TENANT).expect("a valid tenant")
+}
+
+fn event(id: &CallId, n: u64, kind: EventType, data: &str) -> OutboxEvent {
+    OutboxEvent { id: format!("{id}:e{n}"), kind, at: UnixMillis(1_000 + n), data: data.to_owned() }
+}
+
+fn dtmf(id: &CallId, n: u64) -> OutboxEvent {
+    event(id, n, EventType::Dtmf, &format!("{{\"digit\":\"{}\"}}", n % 10))
+}
+
+/// Claims `id`'s outbox if it is due (other calls found due are given back at once).
+async fn claim_own<S: CallStore>(store: &S, id: &CallId, lease: Duration) -> Option<OutboxClaim> {
+    let claims = store.outbox_claim(REAP_LIMIT, lease).await.unwrap_or_else(|e| panic!("outbox_claim: {e}"));
+    let mut own = None;
+    for claim in claims {
+        if &claim.call_id == id {
+            own = Some(claim);
+        } else {
+            store.outbox_yield(&claim).await.unwrap_or_else(|e| panic!("outbox_yield: {e}"));
+        }
+    }
+    own
+}
+
+fn parse_body(event: &PendingEvent) -> EventBody {
+    serde_json::from_slice(&event.body)
+        .unwrap_or_else(|e| panic!("a stored webhook body is JSON: {e}: {:?}", event.body))
+}
+
+/// Delivers every pending event of `id` (one claim), returning the bodies in order.
+async fn drain_outbox<S: CallStore>(store: &S, id: &CallId) -> Vec<EventBody> {
+    let claim = claim_own(store, id, LEASE_LONG).await.unwrap_or_else(|| panic!("{id}: outbox is due"));
+    let mut bodies = Vec::new();
+    while let Some(head) = store.outbox_head(&claim).await.unwrap_or_else(|e| panic!("outbox_head: {e}")) {
+        bodies.push(parse_body(&head));
+        store.outbox_settle(&claim, &head, Settle::Delivered).await.unwrap_or_else(|e| panic!("settle: {e}"));
+        // A settle retried after a lost reply changes nothing twice.
+        store.outbox_settle(&claim, &head, Settle::Delivered).await.unwrap_or_else(|e| panic!("settle: {e}"));
+        assert!(bodies.len() <= 100, "{id}: the outbox drains");
+    }
+    assert_eq!(claim_own(store, id, LEASE_LONG).await, None, "{id}: an empty outbox is not due");
+    bodies
+}
+
+pub async fn webhook_events_ride_with_their_writes_exactly_once_and_in_order<S: CallStore>(store: &S) {
+    let tenant = hooked_tenant();
+    let id = create(store, "wh-once", &tenant).await;
+    let a = store
+        .attach(&id, &attempt("w1"), &worker("w1"), Epoch::ZERO, LEASE_SHORT)
+        .await
+        .expect("the store answers");
+    let started = event(&id, 1, EventType::CallStarted, "{\"transport\":\"native\"}");
+    let audio = RecordingChunk { inbound: Bytes::from_static(b"abc"), outbound: Bytes::new() };
+    let first = [started.clone(), dtmf(&id, 2)];
+    store
+        .checkpoint_with_events(&id, a.epoch, checkpoint(1), audio.clone(), &first, LEASE_SHORT)
+        .await
+        .expect("the store answers");
+    // A retry of the same write (same seq) appends nothing again.
+    let retry = store
+        .checkpoint_with_events(&id, a.epoch, checkpoint(1), audio, &first, LEASE_SHORT)
+        .await
+        .expect("the store answers");
+    assert_eq!(retry, CheckpointAck::Duplicate { stored_seq: 1 });
+    // A takeover; the old owner's write is fenced and appends nothing.
+    let b = store
+        .attach(&id, &attempt("w2"), &worker("w2"), a.epoch, LEASE_SHORT)
+        .await
+        .expect("the store answers");
+    let fenced = store
+        .checkpoint_with_events(
+            &id,
+            a.epoch,
+            checkpoint(2),
+            RecordingChunk::default(),
+            &[dtmf(&id, 3)],
+            LEASE_SHORT,
+        )
+        .await;
+    assert!(matches!(fenced, Err(StoreError::Fenced { .. })), "{fenced:?}");
+    let resumed = event(&id, 3, EventType::CallResumed, "{\"cause\":\"worker_lost\",\"gap_ms\":5}");
+    store
+        .checkpoint_with_events(
+            &id,
+            b.epoch,
+            checkpoint(2),
+            RecordingChunk::default(),
+            &[resumed],
+            LEASE_SHORT,
+        )
+        .await
+        .expect("the store answers");
+    store
+        .end_with_events(
+            &id,
+            b.epoch,
+            EndReason::ClientHangup,
+            Some(checkpoint(3)),
+            RecordingChunk::default(),
+            &[dtmf(&id, 4)],
+        )
+        .await
+        .expect("the store answers");
+    // The end retried after a lost reply writes no second end event.
+    let again = store.end(&id, b.epoch, EndReason::ClientHangup, None, RecordingChunk::default()).await;
+    assert!(matches!(again, Err(StoreError::Ended { .. })), "{again:?}");
+
+    let bodies = drain_outbox(store, &id).await;
+    let ids: Vec<String> = bodies.iter().map(|b| b.id.clone()).collect();
+    let expected_ids = [
+        format!("{id}:e1"),
+        format!("{id}:e2"),
+        format!("{id}:e3"),
+        format!("{id}:e4"),
+        format!("{id}:ended"),
+        format!("{id}:recording"),
+    ];
+    assert_eq!(ids, expected_ids, "every event once, in order");
+    let types: Vec<&str> = bodies.iter().map(|b| b.kind.as_str()).collect();
+    assert_eq!(types, ["call.started", "dtmf", "call.resumed", "dtmf", "call.ended", "recording.ready"]);
+    for b in &bodies {
+        assert_eq!((b.call_id.as_str(), b.tenant.as_str()), (id.as_str(), WEBHOOK_TENANT), "{b:?}");
+    }
+    assert_eq!(bodies[0].data["transport"], "native");
+    assert_eq!(bodies[0].at, 1_001);
+    assert_eq!(bodies[1].data["digit"], "2");
+    assert_eq!(bodies[2].data["gap_ms"], 5);
+    assert_eq!(bodies[4].data["reason"], "client_hangup");
+    assert_eq!(bodies[5].data["inbound_bytes"], 3);
+    assert_eq!(bodies[5].data["outbound_bytes"], 0);
+    assert_eq!(bodies[5].data["truncated"], false);
+}
+
+pub async fn webhooks_of_unsubscribed_tenants_are_not_kept<S: CallStore>(store: &S) {
+    let (id, epoch) = create_attached(store, "wh-none", "w1").await;
+    store
+        .checkpoint_with_events(
+            &id,
+            epoch,
+            checkpoint(1),
+            RecordingChunk::default(),
+            &[dtmf(&id, 1)],
+            LEASE_SHORT,
+        )
+        .await
+        .expect("the store answers");
+    store
+        .end(&id, epoch, EndReason::Completed, None, RecordingChunk::default())
+        .await
+        .expect("the store answers");
+    assert_eq!(claim_own(store, &id, LEASE_LONG).await, None, "no webhook for a tenant without subscription");
+}
+
+pub async fn webhook_retries_back_off_and_dead_letters_are_kept<S: CallStore>(store: &S) {
+    let id = create(store, "wh-retry", &hooked_tenant()).await;
+    let a = store
+        .attach(&id, &attempt("w1"), &worker("w1"), Epoch::ZERO, LEASE_SHORT)
+        .await
+        .expect("the store answers");
+    let events = [dtmf(&id, 1), dtmf(&id, 2)];
+    store
+        .checkpoint_with_events(&id, a.epoch, checkpoint(1), RecordingChunk::default(), &events, LEASE_SHORT)
+        .await
+        .expect("the store answers");
+    let claim = claim_own(store, &id, LEASE_LONG).await.expect("due");
+    let head = store.outbox_head(&claim).await.expect("the store answers").expect("an event");
+    assert_eq!((parse_body(&head).id, head.attempts), (format!("{id}:e1"), 0));
+    store.outbox_settle(&claim, &head, Settle::Retry { after: LEASE_TINY }).await.expect("the store answers");
+    assert_eq!(claim_own(store, &id, LEASE_LONG).await, None, "not due during its backoff");
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    let claim = claim_own(store, &id, LEASE_LONG).await.expect("due after its backoff");
+    let head = store.outbox_head(&claim).await.expect("the store answers").expect("the same event");
+    assert_eq!((parse_body(&head).id, head.attempts), (format!("{id}:e1"), 1), "the attempt was counted");
+    store
+        .outbox_settle(&claim, &head, Settle::Dead { reason: "attempts_exhausted".into(), attempts: 2 })
+        .await
+        .expect("the store answers");
+    let next = store.outbox_head(&claim).await.expect("the store answers").expect("the next event");
+    assert_eq!((parse_body(&next).id, next.attempts), (format!("{id}:e2"), 0), "attempts are per event");
+    store.outbox_settle(&claim, &next, Settle::Delivered).await.expect("the store answers");
+    assert_eq!(store.outbox_head(&claim).await.expect("the store answers"), None);
+    let dead = store.dead_letters(WEBHOOK_DEAD_LETTERS_MAX).await.expect("the store answers");
+    let letter = dead.iter().find(|d| d.event.call_id == id.as_str()).expect("the dead letter is kept");
+    assert_eq!(
+        (letter.event.id.as_str(), letter.reason.as_str(), letter.attempts),
+        (format!("{id}:e1").as_str(), "attempts_exhausted", 2)
+    );
+}
+
+pub async fn lapsed_outbox_claims_are_claimed_again<S: CallStore>(store: &S) {
+    let id = create(store, "wh-lapse", &hooked_tenant()).await;
+    let a = store
+        .attach(&id, &attempt("w1"), &worker("w1"), Epoch::ZERO, LEASE_SHORT)
+        .await
+        .expect("the store answers");
+    store
+        .checkpoint_with_events(
+            &id,
+            a.epoch,
+            checkpoint(1),
+            RecordingChunk::default(),
+            &[dtmf(&id, 1)],
+            LEASE_SHORT,
+        )
+        .await
+        .expect("the store answers");
+    let first = claim_own(store, &id, LEASE_TINY).await.expect("due");
+    assert_eq!(claim_own(store, &id, LEASE_LONG).await, None, "claimed: nobody else gets it");
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    let second = claim_own(store, &id, LEASE_LONG).await.expect("a lapsed claim is claimed again");
+    assert_ne!(first.token, second.token);
+    // The lapsed claimant's schedule changes are ignored; the current claim keeps the call.
+    let head = store.outbox_head(&second).await.expect("the store answers").expect("the event");
+    store.outbox_yield(&first).await.expect("the store answers");
+    assert_eq!(claim_own(store, &id, LEASE_LONG).await, None, "a lapsed claim cannot give the call back");
+    store.outbox_settle(&second, &head, Settle::Delivered).await.expect("the store answers");
+    assert_eq!(store.outbox_head(&second).await.expect("the store answers"), None);
+}
+
+pub async fn webhook_outbox_is_bounded_per_call_but_keeps_the_end<S: CallStore>(store: &S) {
+    let id = create(store, "wh-bound", &hooked_tenant()).await;
+    let a = store
+        .attach(&id, &attempt("w1"), &worker("w1"), Epoch::ZERO, LEASE_SHORT)
+        .await
+        .expect("the store answers");
+    let many: Vec<OutboxEvent> = (1..=WEBHOOK_CALL_EVENTS_MAX as u64 + 2).map(|n| dtmf(&id, n)).collect();
+    store
+        .checkpoint_with_events(&id, a.epoch, checkpoint(1), RecordingChunk::default(), &many, LEASE_SHORT)
+        .await
+        .expect("the store answers");
+    store
+        .end(&id, a.epoch, EndReason::Completed, None, RecordingChunk::default())
+        .await
+        .expect("the store answers");
+    let bodies = drain_outbox(store, &id).await;
+    let ids: Vec<String> = bodies.iter().map(|b| b.id.clone()).collect();
+    let mut expected: Vec<String> = (1..=WEBHOOK_CALL_EVENTS_MAX).map(|n| format!("{id}:e{n}")).collect();
+    expected.push(format!("{id}:ended"));
+    assert_eq!(ids, expected, "the oldest events and the end are kept; the newest beyond the bound dropped");
+}
+
+pub async fn reaper_end_writes_the_end_webhook_events<S: CallStore>(store: &S) {
+    let id = create(store, "wh-reap", &hooked_tenant()).await;
+    let a = store
+        .attach(&id, &attempt("w1"), &worker("w1"), Epoch::ZERO, LEASE_TINY)
+        .await
+        .expect("the store answers");
+    tokio::time::sleep(PAST_TINY_LEASE).await;
+    let seen = store.expired_leases(Duration::ZERO, REAP_LIMIT).await.expect("the store answers");
+    let observed = seen.into_iter().find(|o| o.call_id == id).expect("its lease ran out");
+    assert_eq!(observed.epoch, a.epoch);
+    store
+        .expire(&observed, ExpireAction::End(EndReason::ResumeWindowExpired))
+        .await
+        .expect("the store answers");
+    let bodies = drain_outbox(store, &id).await;
+    assert_eq!(bodies.len(), 1, "call.ended only: nothing was recorded: {bodies:?}");
+    assert_eq!(
+        (bodies[0].kind.as_str(), &bodies[0].data["reason"]),
+        ("call.ended", &serde_json::json!("resume_window_expired"))
+    );
 }

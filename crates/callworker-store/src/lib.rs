@@ -13,6 +13,8 @@
 //! - [`redis_store`]: [`redis_store::RedisStore`], the implementation shared by every worker,
 //!   on one Redis server or a Redis Cluster, over TCP or TLS: one Lua script per fenced write
 //!   (`lua/*.lua`), keys hash-tagged by call id so each script runs on one slot.
+//! - [`outbox`]: the webhook outbox: events written atomically with the state change that
+//!   causes them, claimed and settled by every worker's delivery task.
 //! - [`contract`]: the behaviour every implementation must show, as a reusable test suite.
 //! - [`metrics`]: the names of the metrics the store exports.
 //!
@@ -23,10 +25,13 @@
 //!   sequence number answers [`CheckpointAck::Duplicate`]; an attach retried with the same
 //!   [`AttemptId`] answers the same epoch instead of `Stale`.
 //! - An ended call stays ended with its first end reason.
+//! - A webhook event is stored by the same atomic operation as the state change behind it,
+//!   and only once: retried writes append no event twice ([`outbox`]).
 
 pub mod contract;
 pub mod memory;
 pub mod metrics;
+pub mod outbox;
 pub mod redis_store;
 
 use std::time::Duration;
@@ -35,6 +40,8 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use callworker_call::{CallId, EndReason, Epoch, TenantId, UnixMillis, WorkerId};
 use serde::Serialize;
+
+use crate::outbox::{DeadLetter, OutboxClaim, OutboxEvent, PendingEvent, Settle};
 
 /// Identifies one attach attempt, so a retried attach whose reply was lost is recognised.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -251,6 +258,21 @@ pub trait CallStore: Send + Sync + std::fmt::Debug + 'static {
         checkpoint: Checkpoint,
         recording: RecordingChunk,
         lease: Duration,
+    ) -> Result<CheckpointAck, StoreError> {
+        self.checkpoint_with_events(call_id, epoch, checkpoint, recording, &[], lease).await
+    }
+
+    /// [`CallStore::checkpoint`], and appends `events` to the call's webhook outbox in the
+    /// same atomic write (those the call's tenant subscribed to). A duplicate appends
+    /// nothing.
+    async fn checkpoint_with_events(
+        &self,
+        call_id: &CallId,
+        epoch: Epoch,
+        checkpoint: Checkpoint,
+        recording: RecordingChunk,
+        events: &[OutboxEvent],
+        lease: Duration,
     ) -> Result<CheckpointAck, StoreError>;
 
     /// Renews the owner's lease, if `epoch` is still current.
@@ -260,6 +282,9 @@ pub trait CallStore: Send + Sync + std::fmt::Debug + 'static {
     /// appending `recording`) when given. Bumps the epoch so that nothing can write after
     /// the end, and removes the call from the lease index. Ending an ended call answers
     /// [`StoreError::Ended`] with the first reason.
+    ///
+    /// The end also writes the call's `call.ended` event and, when it recorded audio, its
+    /// `recording.ready` event to the webhook outbox (if subscribed).
     async fn end(
         &self,
         call_id: &CallId,
@@ -267,6 +292,20 @@ pub trait CallStore: Send + Sync + std::fmt::Debug + 'static {
         reason: EndReason,
         final_checkpoint: Option<Checkpoint>,
         recording: RecordingChunk,
+    ) -> Result<Epoch, StoreError> {
+        self.end_with_events(call_id, epoch, reason, final_checkpoint, recording, &[]).await
+    }
+
+    /// [`CallStore::end`], appending `events` (from the final checkpoint's timeline) to the
+    /// outbox before the end's own events, in the same atomic write.
+    async fn end_with_events(
+        &self,
+        call_id: &CallId,
+        epoch: Epoch,
+        reason: EndReason,
+        final_checkpoint: Option<Checkpoint>,
+        recording: RecordingChunk,
+        events: &[OutboxEvent],
     ) -> Result<Epoch, StoreError>;
 
     /// Reads one call.
@@ -297,6 +336,7 @@ pub trait CallStore: Send + Sync + std::fmt::Debug + 'static {
     /// epoch and lease: nobody attached or renewed since), else answers
     /// [`StoreError::Stale`] with the current epoch. An ended or missing call is dropped from
     /// the lease index and answers `Ended`/`NotFound`. Returns the epoch after the action.
+    /// An end writes the end's webhook events like [`CallStore::end`].
     async fn expire(&self, observed: &LeaseObservation, action: ExpireAction) -> Result<Epoch, StoreError>;
 
     /// Announces (or refreshes) a worker in the registry; the entry lapses after `ttl`
@@ -308,4 +348,34 @@ pub trait CallStore: Send + Sync + std::fmt::Debug + 'static {
 
     /// Removes a worker from the registry (clean shutdown).
     async fn deregister(&self, worker_id: &WorkerId) -> Result<(), StoreError>;
+
+    /// Leases up to `limit` calls whose outbox is due to the caller for `lease` (store
+    /// clock). A claim that is not settled or released within it lapses, and the call is
+    /// claimed again by whoever asks next.
+    async fn outbox_claim(&self, limit: usize, lease: Duration) -> Result<Vec<OutboxClaim>, StoreError>;
+
+    /// The oldest undelivered event of a claimed call, or `None` when its outbox is empty,
+    /// in which case the claim is released (the call leaves the due set unless an event
+    /// arrived meanwhile).
+    async fn outbox_head(&self, claim: &OutboxClaim) -> Result<Option<PendingEvent>, StoreError>;
+
+    /// Records what happened to `event`, which [`CallStore::outbox_head`] returned for
+    /// `claim`. Acts on the event only while it is still the call's oldest (a settle
+    /// retried after a lost reply changes nothing twice), and on the call's schedule only
+    /// while the claim is current.
+    async fn outbox_settle(
+        &self,
+        claim: &OutboxClaim,
+        event: &PendingEvent,
+        settle: Settle,
+    ) -> Result<(), StoreError>;
+
+    /// Gives a claim back before it lapses: the call is due again at once.
+    async fn outbox_yield(&self, claim: &OutboxClaim) -> Result<(), StoreError>;
+
+    /// The newest dead letters first, at most `limit`.
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError>;
+
+    /// How many calls have undelivered events (the outbox's depth, in calls).
+    async fn outbox_calls(&self) -> Result<u64, StoreError>;
 }

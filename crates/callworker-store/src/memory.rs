@@ -4,7 +4,7 @@
 //! critical section (no `.await` while the lock is held), which is what makes each
 //! operation atomic, like the Lua scripts of the Redis store.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -12,6 +12,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use callworker_call::{CallId, EndReason, Epoch, UnixMillis, WorkerId};
 
+use crate::outbox::{
+    self, DEFAULT_CALL_EVENTS_MAX, DEFAULT_DEAD_LETTERS_MAX, DeadLetter, EventBody, EventType, OutboxClaim,
+    OutboxEvent, PendingEvent, Settle, Subscriptions,
+};
 use crate::{
     Attached, AttemptId, CallRecord, CallStore, Checkpoint, CheckpointAck, ExpireAction, LIST_LIMIT_MAX,
     LeaseObservation, ListPage, ListQuery, NewCall, RecordStatus, Recording, RecordingChunk, StoreError,
@@ -36,6 +40,13 @@ pub struct MemoryStore {
     /// recording marked truncated.
     recording_track_bytes_max: usize,
     clock: StoreClock,
+    /// Which tenants get which webhook events (see [`outbox`]).
+    subscriptions: Subscriptions,
+    /// Undelivered events per call; beyond it a call's timeline events are dropped and
+    /// counted (the end's two events are always kept).
+    call_events_max: usize,
+    /// Dead letters kept; beyond it the oldest is dropped.
+    dead_letters_max: usize,
     inner: Mutex<Inner>,
 }
 
@@ -49,6 +60,11 @@ struct Inner {
     next_position: u64,
     /// The worker registry: the last heartbeat of each worker and when it lapses.
     workers: BTreeMap<WorkerId, (WorkerInfo, UnixMillis)>,
+    /// Calls with undelivered webhook events: when each is due (or its claim lapses).
+    /// Bounded by the calls held: an evicted call takes its outbox with it.
+    due: HashMap<CallId, UnixMillis>,
+    /// Dead letters, newest first, at most `dead_letters_max`.
+    dead: VecDeque<DeadLetter>,
 }
 
 #[derive(Debug)]
@@ -58,6 +74,12 @@ struct Entry {
     /// The attach attempt that produced the current epoch, so its retry is recognised.
     attempt: Option<AttemptId>,
     recording: Recording,
+    /// The tenant's webhook mask when the call was created.
+    hooks: u32,
+    /// Undelivered webhook bodies, oldest first.
+    outbox: VecDeque<String>,
+    /// Failed attempts of the oldest one.
+    outbox_attempts: u32,
 }
 
 impl Entry {
@@ -80,6 +102,58 @@ impl Entry {
                 *track = joined.into();
             }
         }
+    }
+}
+
+impl Entry {
+    /// Appends the webhook events the call's tenant subscribed to; `force` events (the
+    /// end's) are kept even when the outbox is full. Returns whether the outbox is non-empty.
+    fn enqueue(&mut self, events: &[OutboxEvent], force: bool, max: usize) -> bool {
+        for e in events {
+            if self.hooks & e.kind.bit() == 0 {
+                continue;
+            }
+            if !force && self.outbox.len() >= max {
+                metrics::counter!(crate::metrics::WEBHOOK_EVENTS_DROPPED).increment(1);
+                continue;
+            }
+            let r = &self.record;
+            self.outbox.push_back(outbox::body(&r.call_id, &r.tenant, &e.id, e.kind, e.at, &e.data));
+        }
+        !self.outbox.is_empty()
+    }
+
+    /// The end's own events: `call.ended`, and `recording.ready` when audio was recorded.
+    fn end_events(&self, reason: EndReason, now: UnixMillis) -> Vec<OutboxEvent> {
+        let id = &self.record.call_id;
+        let mut events = vec![OutboxEvent {
+            id: outbox::ended_id(id),
+            kind: EventType::CallEnded,
+            at: now,
+            data: format!("{{\"reason\":\"{}\"}}", reason.as_str()),
+        }];
+        let rec = &self.recording;
+        if !rec.inbound.is_empty() || !rec.outbound.is_empty() {
+            events.push(OutboxEvent {
+                id: outbox::recording_id(id),
+                kind: EventType::RecordingReady,
+                at: now,
+                data: format!(
+                    "{{\"inbound_bytes\":{},\"outbound_bytes\":{},\"truncated\":{}}}",
+                    rec.inbound.len(),
+                    rec.outbound.len(),
+                    rec.truncated
+                ),
+            });
+        }
+        events
+    }
+}
+
+impl Inner {
+    /// Makes a call with pending events due now, unless it already is due or claimed.
+    fn mark_due(&mut self, call_id: &CallId, now: UnixMillis) {
+        self.due.entry(call_id.clone()).or_insert(now);
     }
 }
 
@@ -111,8 +185,25 @@ impl MemoryStore {
             capacity,
             recording_track_bytes_max: RECORDING_TRACK_BYTES_MAX,
             clock,
+            subscriptions: Subscriptions::default(),
+            call_events_max: DEFAULT_CALL_EVENTS_MAX,
+            dead_letters_max: DEFAULT_DEAD_LETTERS_MAX,
             inner: Mutex::new(Inner::default()),
         }
+    }
+
+    /// Keeps webhook events for the tenants of `subscriptions`, at most `call_events_max`
+    /// undelivered per call and `dead_letters_max` dead letters.
+    pub fn with_webhooks(
+        mut self,
+        subscriptions: Subscriptions,
+        call_events_max: usize,
+        dead_letters_max: usize,
+    ) -> MemoryStore {
+        self.subscriptions = subscriptions;
+        self.call_events_max = call_events_max;
+        self.dead_letters_max = dead_letters_max;
+        self
     }
 
     /// Bounds each recorded track of a call to `bytes`.
@@ -152,15 +243,20 @@ impl Inner {
 
     /// Removes the oldest ended call; `false` if none has ended.
     fn evict_oldest_ended(&mut self) -> bool {
+        // Prefer a call whose webhooks are all delivered; an evicted call's undelivered
+        // events go with it.
+        let ended = |e: &Entry| e.record.status == RecordStatus::Ended;
         let victim = self
             .order
             .iter()
-            .find(|(_, id)| self.records.get(*id).is_some_and(|e| e.record.status == RecordStatus::Ended))
+            .find(|(_, id)| self.records.get(*id).is_some_and(|e| ended(e) && e.outbox.is_empty()))
+            .or_else(|| self.order.iter().find(|(_, id)| self.records.get(*id).is_some_and(ended)))
             .map(|(position, id)| (*position, id.clone()));
         match victim {
             Some((position, id)) => {
                 self.order.remove(&position);
                 self.records.remove(&id);
+                self.due.remove(&id);
                 true
             }
             None => false,
@@ -215,6 +311,7 @@ impl CallStore for MemoryStore {
                 return Err(StoreError::Full(self.capacity));
             }
         }
+        let hooks = self.subscriptions.mask(&call.tenant);
         let position = inner.next_position;
         inner.next_position += 1;
         inner.order.insert(position, call.call_id.clone());
@@ -230,9 +327,16 @@ impl CallStore for MemoryStore {
             updated_at: now,
             checkpoint: Some(call.checkpoint),
         };
-        inner
-            .records
-            .insert(call.call_id, Entry { record, position, attempt: None, recording: Recording::default() });
+        let entry = Entry {
+            record,
+            position,
+            attempt: None,
+            recording: Recording::default(),
+            hooks,
+            outbox: VecDeque::new(),
+            outbox_attempts: 0,
+        };
+        inner.records.insert(call.call_id, entry);
         Ok(())
     }
 
@@ -269,12 +373,13 @@ impl CallStore for MemoryStore {
         Ok(Attached { epoch: record.epoch, record: record.clone() })
     }
 
-    async fn checkpoint(
+    async fn checkpoint_with_events(
         &self,
         call_id: &CallId,
         epoch: Epoch,
         checkpoint: Checkpoint,
         recording: RecordingChunk,
+        events: &[OutboxEvent],
         lease: Duration,
     ) -> Result<CheckpointAck, StoreError> {
         let now = self.now();
@@ -293,6 +398,9 @@ impl CallStore for MemoryStore {
         }
         record.checkpoint = Some(checkpoint);
         entry.record(recording, max);
+        if entry.enqueue(events, false, self.call_events_max) {
+            inner.mark_due(call_id, now);
+        }
         Ok(CheckpointAck::Applied)
     }
 
@@ -306,13 +414,14 @@ impl CallStore for MemoryStore {
         Ok(())
     }
 
-    async fn end(
+    async fn end_with_events(
         &self,
         call_id: &CallId,
         epoch: Epoch,
         reason: EndReason,
         final_checkpoint: Option<Checkpoint>,
         recording: RecordingChunk,
+        events: &[OutboxEvent],
     ) -> Result<Epoch, StoreError> {
         let now = self.now();
         let max = self.recording_track_bytes_max;
@@ -333,6 +442,11 @@ impl CallStore for MemoryStore {
         }
         let epoch = record.epoch;
         entry.record(recording, max);
+        entry.enqueue(events, false, self.call_events_max);
+        let own = entry.end_events(reason, now);
+        if entry.enqueue(&own, true, self.call_events_max) {
+            inner.mark_due(call_id, now);
+        }
         Ok(epoch)
     }
 
@@ -420,12 +534,14 @@ impl CallStore for MemoryStore {
     async fn expire(&self, observed: &LeaseObservation, action: ExpireAction) -> Result<Epoch, StoreError> {
         let now = self.now();
         let mut inner = self.lock()?;
-        let record = &mut inner.entry(&observed.call_id)?.record;
+        let entry = inner.entry(&observed.call_id)?;
+        let record = &mut entry.record;
         ended(record)?;
         let lease_until = record.lease_until.unwrap_or(record.created_at);
         if record.epoch != observed.epoch || lease_until != observed.lease_until {
             return Err(StoreError::Stale { current: record.epoch });
         }
+        let mut end_reason = None;
         match action {
             ExpireAction::End(reason) => {
                 record.status = RecordStatus::Ended;
@@ -433,11 +549,19 @@ impl CallStore for MemoryStore {
                 record.epoch = record.epoch.next();
                 record.owner = None;
                 record.lease_until = None;
+                end_reason = Some(reason);
             }
             ExpireAction::Extend(by) => record.lease_until = Some(now + by),
         }
         record.updated_at = now;
-        Ok(record.epoch)
+        let epoch = record.epoch;
+        if let Some(reason) = end_reason {
+            let own = entry.end_events(reason, now);
+            if entry.enqueue(&own, true, self.call_events_max) {
+                inner.mark_due(&observed.call_id, now);
+            }
+        }
+        Ok(epoch)
     }
 
     async fn heartbeat(&self, worker: &WorkerInfo, ttl: Duration) -> Result<(), StoreError> {
@@ -459,6 +583,88 @@ impl CallStore for MemoryStore {
     async fn deregister(&self, worker_id: &WorkerId) -> Result<(), StoreError> {
         self.lock()?.workers.remove(worker_id);
         Ok(())
+    }
+
+    async fn outbox_claim(&self, limit: usize, lease: Duration) -> Result<Vec<OutboxClaim>, StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        let mut due: Vec<(UnixMillis, CallId)> =
+            inner.due.iter().filter(|(_, at)| **at <= now).map(|(id, at)| (*at, id.clone())).collect();
+        due.sort();
+        due.truncate(limit);
+        let token = now + lease;
+        Ok(due
+            .into_iter()
+            .map(|(_, call_id)| {
+                inner.due.insert(call_id.clone(), token);
+                OutboxClaim { call_id, token: token.0 }
+            })
+            .collect())
+    }
+
+    async fn outbox_head(&self, claim: &OutboxClaim) -> Result<Option<PendingEvent>, StoreError> {
+        let mut inner = self.lock()?;
+        let head = inner.records.get(&claim.call_id).and_then(|e| {
+            e.outbox.front().map(|b| PendingEvent { body: b.clone().into(), attempts: e.outbox_attempts })
+        });
+        if head.is_none() && inner.due.get(&claim.call_id) == Some(&UnixMillis(claim.token)) {
+            inner.due.remove(&claim.call_id);
+        }
+        Ok(head)
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &OutboxClaim,
+        event: &PendingEvent,
+        settle: Settle,
+    ) -> Result<(), StoreError> {
+        let now = self.now();
+        let dead_max = self.dead_letters_max;
+        let mut inner = self.lock()?;
+        let Some(entry) = inner.records.get_mut(&claim.call_id) else { return Ok(()) };
+        if entry.outbox.front().map(String::as_bytes) != Some(&event.body[..]) {
+            return Ok(()); // settled already (a retry after a lost reply)
+        }
+        match settle {
+            Settle::Delivered | Settle::Dead { .. } => {
+                entry.outbox.pop_front();
+                entry.outbox_attempts = 0;
+            }
+            Settle::Retry { .. } => entry.outbox_attempts += 1,
+        }
+        match settle {
+            Settle::Delivered => {}
+            Settle::Retry { after } => {
+                if inner.due.get(&claim.call_id) == Some(&UnixMillis(claim.token)) {
+                    inner.due.insert(claim.call_id.clone(), now + after);
+                }
+            }
+            Settle::Dead { reason, attempts } => {
+                let event: EventBody = serde_json::from_slice(&event.body)
+                    .map_err(|e| StoreError::Invalid(format!("stored webhook body: {e}")))?;
+                inner.dead.push_front(DeadLetter { event, reason, attempts, at: now.0 });
+                inner.dead.truncate(dead_max);
+            }
+        }
+        Ok(())
+    }
+
+    async fn outbox_yield(&self, claim: &OutboxClaim) -> Result<(), StoreError> {
+        let now = self.now();
+        let mut inner = self.lock()?;
+        if inner.due.get(&claim.call_id) == Some(&UnixMillis(claim.token)) {
+            inner.due.insert(claim.call_id.clone(), now);
+        }
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        Ok(self.lock()?.dead.iter().take(limit).cloned().collect())
+    }
+
+    async fn outbox_calls(&self) -> Result<u64, StoreError> {
+        Ok(self.lock()?.due.len() as u64)
     }
 }
 

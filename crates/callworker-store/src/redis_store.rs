@@ -14,6 +14,10 @@
 //!   `rec_in_len` / `rec_out_len` (the tracks' lengths, so an append needs no STRLEN).
 //! - `<ns>:call:{<id>}:rec:in`, `…:rec:out`: STRING, the recorded tracks (APPEND), each at
 //!   most `recording_track_bytes_max` bytes.
+//! - `<ns>:call:{<id>}:outbox`: LIST, the call's undelivered webhook bodies, oldest first
+//!   ([`crate::outbox`]), at most `webhook_call_events_max` (+ the end's two). The hash keeps
+//!   the tenant's event mask at creation (`hooks`), the failed attempts of the oldest event
+//!   (`ob_attempts`) and the events dropped for the bound (`ob_dropped`).
 //!
 //! A live call's keys carry a safety TTL (`live_ttl`, refreshed about every 3/4 lease while
 //! the call is written); an ended call's keys live `ended_retention` more.
@@ -32,6 +36,15 @@
 //!   its bound.
 //! - `<ns>:{idx}:workers`: ZSET worker id → lapse time, and `<ns>:{idx}:worker:<id>`: HASH
 //!   `info` (JSON [`WorkerInfo`]), `heartbeat_at`, with the heartbeat's TTL.
+//! - `<ns>:{idx}:outbox`: ZSET call id → when its webhooks are due (0: now), or when the
+//!   current claim on it lapses. A call's script that leaves its outbox non-empty answers
+//!   the outbox's length, and the caller then adds the call (`ZADD NX`, so a backoff or a
+//!   claim is never moved). A worker that dies between the two leaves the call out; the
+//!   next script on the call repairs that, and after an end the lease index does: the
+//!   caller removes an ended call from the lease index only *after* indexing its outbox,
+//!   and the reaper's re-check indexes the outbox of every ended call it meets there.
+//! - `<ns>:{idx}:webhooks:dead`: LIST of dead letters (JSON [`crate::outbox::DeadLetter`]),
+//!   newest first, at most `webhook_dead_letters_max`.
 //!
 //! Index updates are separate commands, issued after the script only when it asks for them.
 //!
@@ -112,6 +125,10 @@ use redis::{
 use tracing::warn;
 
 use crate::memory::RECORDING_TRACK_BYTES_MAX;
+use crate::outbox::{
+    DEFAULT_CALL_EVENTS_MAX, DEFAULT_DEAD_LETTERS_MAX, DeadLetter, OutboxClaim, OutboxEvent, PendingEvent,
+    Settle, Subscriptions,
+};
 use crate::{
     Attached, AttemptId, CallRecord, CallStore, Checkpoint, CheckpointAck, ExpireAction, LIST_LIMIT_MAX,
     LeaseObservation, ListPage, ListQuery, NewCall, RecordStatus, Recording, RecordingChunk, StoreError,
@@ -151,7 +168,8 @@ const PRELUDE: &str = include_str!("../lua/prelude.lua");
 /// the store contract as a user with exactly these). `EVAL` is how a node that lacks a
 /// script gets it, so `SCRIPT` is not needed.
 pub const ACL_COMMANDS: &str = "+ping +time +eval +evalsha +exists +get +strlen +append +del +pexpire \
-     +hget +hmget +hgetall +hset +hincrby +hdel +zadd +zrem +zrange +zremrangebyscore +zcard +zrandmember";
+     +hget +hmget +hgetall +hset +hincrby +hdel +zadd +zrem +zrange +zremrangebyscore +zcard +zrandmember \
+     +zscore +llen +lindex +lrange +rpush +lpush +lpop +ltrim";
 /// What a cluster user needs beyond [`ACL_COMMANDS`]: the client reads the slot map.
 pub const ACL_COMMANDS_CLUSTER: &str = "+cluster|slots";
 
@@ -194,6 +212,13 @@ pub struct RedisStoreOptions {
     /// Most bytes recorded per track per call; beyond it audio is left out and the
     /// recording marked truncated.
     pub recording_track_bytes_max: usize,
+    /// Which tenants' calls keep which webhook events ([`crate::outbox`]).
+    pub webhooks: Subscriptions,
+    /// Undelivered webhook events per call; beyond it the call's timeline events are
+    /// dropped and counted (the end's two are always kept).
+    pub webhook_call_events_max: usize,
+    /// Dead letters kept; beyond it the oldest is dropped.
+    pub webhook_dead_letters_max: usize,
 }
 
 impl Default for RedisStoreOptions {
@@ -208,6 +233,9 @@ impl Default for RedisStoreOptions {
             ended_retention: DEFAULT_ENDED_RETENTION,
             live_ttl: DEFAULT_LIVE_TTL,
             recording_track_bytes_max: RECORDING_TRACK_BYTES_MAX,
+            webhooks: Subscriptions::default(),
+            webhook_call_events_max: DEFAULT_CALL_EVENTS_MAX,
+            webhook_dead_letters_max: DEFAULT_DEAD_LETTERS_MAX,
         }
     }
 }
@@ -231,6 +259,9 @@ impl fmt::Debug for RedisStoreOptions {
             .field("ended_retention", &self.ended_retention)
             .field("live_ttl", &self.live_ttl)
             .field("recording_track_bytes_max", &self.recording_track_bytes_max)
+            .field("webhooks", &self.webhooks)
+            .field("webhook_call_events_max", &self.webhook_call_events_max)
+            .field("webhook_dead_letters_max", &self.webhook_dead_letters_max)
             .finish_non_exhaustive()
     }
 }
@@ -302,6 +333,8 @@ struct Scripts {
     scan_leases: LuaScript,
     heartbeat: LuaScript,
     workers: LuaScript,
+    outbox: LuaScript,
+    outbox_index: LuaScript,
 }
 
 impl Scripts {
@@ -316,6 +349,8 @@ impl Scripts {
             scan_leases: LuaScript::new(include_str!("../lua/scan_leases.lua")),
             heartbeat: LuaScript::new(include_str!("../lua/heartbeat.lua")),
             workers: LuaScript::new(include_str!("../lua/workers.lua")),
+            outbox: LuaScript::new(include_str!("../lua/outbox.lua")),
+            outbox_index: LuaScript::new(include_str!("../lua/outbox_index.lua")),
         }
     }
 }
@@ -327,6 +362,8 @@ struct Keys {
     leases: String,
     calls: String,
     workers: String,
+    outbox: String,
+    dead_letters: String,
 }
 
 impl Keys {
@@ -336,6 +373,8 @@ impl Keys {
             leases: format!("{namespace}:{{idx}}:leases"),
             calls: format!("{namespace}:{{idx}}:calls"),
             workers: format!("{namespace}:{{idx}}:workers"),
+            outbox: format!("{namespace}:{{idx}}:outbox"),
+            dead_letters: format!("{namespace}:{{idx}}:webhooks:dead"),
         }
     }
 
@@ -351,12 +390,24 @@ impl Keys {
         [call, rec_in, rec_out]
     }
 
+    /// The call's webhook outbox: `KEYS[4]` of every call script.
+    fn call_outbox(&self, id: &CallId) -> String {
+        format!("{}:outbox", self.call(id))
+    }
+
     fn tenant_live(&self, tenant: &TenantId) -> String {
         format!("{}:{{idx}}:tenant:{}:live", self.namespace, tenant.as_str())
     }
 
     fn worker(&self, id: &str) -> String {
         format!("{}:{{idx}}:worker:{id}", self.namespace)
+    }
+}
+
+/// Counts webhook events a script had no room for in a call's outbox.
+fn count_dropped(dropped: i64) {
+    if dropped > 0 {
+        metrics::counter!(crate::metrics::WEBHOOK_EVENTS_DROPPED).increment(dropped.unsigned_abs());
     }
 }
 
@@ -816,13 +867,93 @@ impl RedisStore {
         futures_util::future::try_join_all(replies).await
     }
 
-    /// A call script's invocation with the call's three keys.
+    /// A call script's invocation with the call's four keys (hash, tracks, outbox).
     fn invocation<'a>(&self, script: &'a LuaScript, call_id: &CallId) -> Invocation<'a> {
         let mut invocation = script.prepare();
         for key in self.keys.call_keys(call_id) {
             invocation.key(key);
         }
+        invocation.key(self.keys.call_outbox(call_id));
         invocation
+    }
+
+    /// Appends webhook events as `ARGV` groups of five (see `argv_events` in the prelude).
+    fn event_args(invocation: &mut Invocation<'_>, events: &[OutboxEvent]) {
+        for e in events {
+            invocation
+                .arg(e.kind.as_str())
+                .arg(e.kind.bit())
+                .arg(e.id.as_str())
+                .arg(e.at.0)
+                .arg(e.data.as_str());
+        }
+    }
+
+    /// Puts a call whose outbox a script left non-empty (`len > 0`) in the outbox index,
+    /// due now unless it is already there (a backoff or a claim is never moved). Best
+    /// effort: a call left out is put back by its next script, or after its end by the
+    /// reaper (see the module docs).
+    async fn index_outbox(&self, call_id: &CallId, len: i64) {
+        if len <= 0 {
+            return;
+        }
+        let mut conn = self.conn.clone();
+        let zadd = redis::cmd("ZADD").arg(&self.keys.outbox).arg("NX").arg(0).arg(call_id.as_str()).clone();
+        let result = self
+            .bounded(self.options.response_timeout, async {
+                zadd.query_async::<i64>(&mut conn).await.map_err(store_error)
+            })
+            .await;
+        if let Err(e) = result {
+            warn!(call_id = %call_id, error = %e, "outbox index update failed; it will be repaired");
+        }
+    }
+
+    /// Indexes a call's outbox if it holds events (reads its length first): for an end
+    /// whose reply was lost, and for ended calls the reaper meets in the lease index.
+    async fn repair_outbox(&self, call_id: &CallId) {
+        let mut conn = self.conn.clone();
+        let key = self.keys.call_outbox(call_id);
+        let len = self
+            .bounded(self.options.response_timeout, async {
+                redis::cmd("LLEN").arg(&key).query_async::<i64>(&mut conn).await.map_err(store_error)
+            })
+            .await;
+        match len {
+            Ok(len) => self.index_outbox(call_id, len).await,
+            Err(e) => warn!(call_id = %call_id, error = %e, "outbox length unreadable; it will be repaired"),
+        }
+    }
+
+    /// Runs the index-slot outbox script.
+    async fn outbox_index_op(&self, args: &[&dyn ToRedisArgsDyn]) -> Result<Value, StoreError> {
+        let mut invocation = self.scripts.outbox_index.prepare();
+        invocation.key(&self.keys.outbox).key(&self.keys.dead_letters);
+        for a in args {
+            a.push_to(&mut invocation);
+        }
+        let mut conn = self.conn.clone();
+        self.bounded(self.options.response_timeout, async {
+            invocation.invoke::<Value>(&mut conn).await.map_err(store_error)
+        })
+        .await
+    }
+
+    /// Runs the call-slot outbox script (`head` or a settle).
+    async fn outbox_call_op(&self, call_id: &CallId, op: &str, body: &[u8]) -> Result<Reply, StoreError> {
+        let mut invocation = self.invocation(&self.scripts.outbox, call_id);
+        invocation.arg(op).arg(body);
+        self.run("outbox", invocation, self.options.response_timeout).await
+    }
+
+    /// Releases a claim whose call has no event left: removes the call from the index if
+    /// the claim is still current, then re-reads the outbox, so that an event appended
+    /// between the last read and the removal (whose writer found the call still indexed)
+    /// is indexed again.
+    async fn release_empty(&self, claim: &OutboxClaim) -> Result<(), StoreError> {
+        self.outbox_index_op(&[&"release", &claim.call_id.as_str(), &claim.token, &"remove"]).await?;
+        self.repair_outbox(&claim.call_id).await;
+        Ok(())
     }
 
     /// Writes a call's lease-index score when a script asked for it (`score > 0`). Best
@@ -893,6 +1024,8 @@ impl RedisStore {
                 continue;
             };
             if status == RecordStatus::Ended {
+                // Its end may have been cut short before it indexed the outbox.
+                self.repair_outbox(id).await;
                 fix.cmd("ZREM").arg(&self.keys.leases).arg(id.as_str()).ignore();
                 fixes += 1;
             } else if lease.saturating_add(overdue_ms) <= now {
@@ -927,7 +1060,8 @@ impl CallStore for RedisStore {
             .arg(call.tenant.as_str())
             .arg(call.checkpoint.seq)
             .arg(&call.checkpoint.blob[..])
-            .arg(millis(self.options.live_ttl));
+            .arg(millis(self.options.live_ttl))
+            .arg(self.options.webhooks.mask(&call.tenant));
         let reply = self.run("create", invocation, self.options.response_timeout).await?;
         let (created, status) = match reply.tag().as_str() {
             "OK" => (reply.u64(1)?, RecordStatus::Created),
@@ -999,12 +1133,13 @@ impl CallStore for RedisStore {
         Ok(Attached { epoch, record })
     }
 
-    async fn checkpoint(
+    async fn checkpoint_with_events(
         &self,
         call_id: &CallId,
         epoch: Epoch,
         checkpoint: Checkpoint,
         recording: RecordingChunk,
+        events: &[OutboxEvent],
         lease: Duration,
     ) -> Result<CheckpointAck, StoreError> {
         let mut invocation = self.invocation(&self.scripts.checkpoint, call_id);
@@ -1016,7 +1151,10 @@ impl CallStore for RedisStore {
             .arg(millis(self.options.live_ttl))
             .arg(self.options.recording_track_bytes_max)
             .arg(&recording.inbound[..])
-            .arg(&recording.outbound[..]);
+            .arg(&recording.outbound[..])
+            .arg(call_id.as_str())
+            .arg(self.options.webhook_call_events_max);
+        Self::event_args(&mut invocation, events);
         let reply = self.run("checkpoint", invocation, self.options.response_timeout).await?;
         let ack = match reply.tag().as_str() {
             "OK" => CheckpointAck::Applied,
@@ -1024,6 +1162,8 @@ impl CallStore for RedisStore {
             _ => return Err(reply.refusal()),
         };
         self.index_lease(call_id, reply.int(2)?).await;
+        self.index_outbox(call_id, reply.int(3)?).await;
+        count_dropped(reply.int(4)?);
         Ok(ack)
     }
 
@@ -1038,13 +1178,14 @@ impl CallStore for RedisStore {
         Ok(())
     }
 
-    async fn end(
+    async fn end_with_events(
         &self,
         call_id: &CallId,
         epoch: Epoch,
         reason: EndReason,
         final_checkpoint: Option<Checkpoint>,
         recording: RecordingChunk,
+        events: &[OutboxEvent],
     ) -> Result<Epoch, StoreError> {
         let (has_final, seq, blob) = match &final_checkpoint {
             Some(c) => ("1", c.seq, &c.blob[..]),
@@ -1060,17 +1201,25 @@ impl CallStore for RedisStore {
             .arg(millis(self.options.ended_retention))
             .arg(self.options.recording_track_bytes_max)
             .arg(&recording.inbound[..])
-            .arg(&recording.outbound[..]);
+            .arg(&recording.outbound[..])
+            .arg(call_id.as_str())
+            .arg(self.options.webhook_call_events_max);
+        Self::event_args(&mut invocation, events);
         let reply = self.run("end", invocation, self.options.response_timeout).await?;
         match reply.tag().as_str() {
             "OK" => {
                 let ended = Epoch(reply.u64(1)?);
+                // The outbox first: while the call is in the lease index, the reaper
+                // repairs a missing outbox entry (module docs).
+                self.index_outbox(call_id, reply.int(2)?).await;
                 self.unindex_lease(call_id).await;
+                count_dropped(reply.int(3)?);
                 Ok(ended)
             }
             tag => {
                 if tag == "ENDED" {
-                    // Maybe our own end whose reply was lost: finish its index removal.
+                    // Maybe our own end whose reply was lost: finish its index updates.
+                    self.repair_outbox(call_id).await;
                     self.unindex_lease(call_id).await;
                 }
                 Err(reply.refusal())
@@ -1287,11 +1436,13 @@ impl CallStore for RedisStore {
             .arg(reason)
             .arg(extend_ms)
             .arg(millis(self.options.ended_retention))
-            .arg(millis(self.options.live_ttl));
+            .arg(millis(self.options.live_ttl))
+            .arg(call_id.as_str());
         let reply = self.run("expire", invocation, self.options.takeover_timeout).await?;
         match reply.tag().as_str() {
             "OK" => {
                 let epoch = Epoch(reply.u64(1)?);
+                self.index_outbox(call_id, reply.int(3)?).await;
                 match reply.int(2)? {
                     0 => self.unindex_lease(call_id).await,
                     lease_until => self.index_lease(call_id, lease_until).await,
@@ -1369,13 +1520,146 @@ impl CallStore for RedisStore {
         })
         .await
     }
+
+    async fn outbox_claim(&self, limit: usize, lease: Duration) -> Result<Vec<OutboxClaim>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let value = self.outbox_index_op(&[&"claim", &limit, &millis(lease).max(1)]).await?;
+        let reply = Reply::new("outbox_index", value)?;
+        let token = reply.u64(0)?;
+        let Some(Value::Array(ids)) = reply.items.get(1) else {
+            return Err(unexpected("outbox_index", &reply.items));
+        };
+        let mut claims = Vec::with_capacity(ids.len());
+        for member in ids.iter().filter_map(value_string) {
+            match CallId::parse(&member) {
+                Ok(call_id) => claims.push(OutboxClaim { call_id, token }),
+                Err(_) => {
+                    // Not ours: drop it so it is not claimed again.
+                    let mut conn = self.conn.clone();
+                    let _ = redis::cmd("ZREM")
+                        .arg(&self.keys.outbox)
+                        .arg(&member)
+                        .query_async::<i64>(&mut conn)
+                        .await;
+                }
+            }
+        }
+        Ok(claims)
+    }
+
+    async fn outbox_head(&self, claim: &OutboxClaim) -> Result<Option<PendingEvent>, StoreError> {
+        let reply = self.outbox_call_op(&claim.call_id, "head", b"").await?;
+        match reply.items.first() {
+            Some(Value::BulkString(body)) => {
+                let attempts = u32::try_from(reply.u64(1)?).unwrap_or(u32::MAX);
+                Ok(Some(PendingEvent { body: Bytes::from(body.clone()), attempts }))
+            }
+            Some(Value::Nil) => {
+                self.release_empty(claim).await?;
+                Ok(None)
+            }
+            _ => Err(unexpected("outbox", &reply.items)),
+        }
+    }
+
+    async fn outbox_settle(
+        &self,
+        claim: &OutboxClaim,
+        event: &PendingEvent,
+        settle: Settle,
+    ) -> Result<(), StoreError> {
+        match settle {
+            Settle::Delivered => {
+                self.outbox_call_op(&claim.call_id, "delivered", &event.body).await?;
+            }
+            Settle::Retry { after } => {
+                let reply = self.outbox_call_op(&claim.call_id, "retry", &event.body).await?;
+                if reply.int(0)? == 1 {
+                    let delay = millis(after);
+                    self.outbox_index_op(&[&"release", &claim.call_id.as_str(), &claim.token, &delay])
+                        .await?;
+                }
+            }
+            Settle::Dead { reason, attempts } => {
+                if reason.is_empty() || !reason.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+                    return Err(StoreError::Invalid(format!(
+                        "dead-letter reason {reason:?} is not snake_case"
+                    )));
+                }
+                // The dead letter first: a worker that dies in between leaves the event in
+                // the outbox, to be retried (and dead-lettered again), never lost.
+                self.outbox_index_op(&[
+                    &"dead",
+                    &&event.body[..],
+                    &reason.as_str(),
+                    &attempts,
+                    &self.options.webhook_dead_letters_max.max(1),
+                ])
+                .await?;
+                self.outbox_call_op(&claim.call_id, "dead", &event.body).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn outbox_yield(&self, claim: &OutboxClaim) -> Result<(), StoreError> {
+        self.outbox_index_op(&[&"release", &claim.call_id.as_str(), &claim.token, &0u64]).await?;
+        Ok(())
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn.clone();
+        let rows: Vec<Vec<u8>> = self
+            .bounded(self.options.response_timeout, async {
+                redis::cmd("LRANGE")
+                    .arg(&self.keys.dead_letters)
+                    .arg(0)
+                    .arg(limit - 1)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(store_error)
+            })
+            .await?;
+        let mut letters = Vec::with_capacity(rows.len());
+        for row in rows {
+            match serde_json::from_slice::<DeadLetter>(&row) {
+                Ok(letter) => letters.push(letter),
+                Err(e) => warn!(error = %e, "unreadable dead letter skipped"),
+            }
+        }
+        Ok(letters)
+    }
+
+    async fn outbox_calls(&self) -> Result<u64, StoreError> {
+        let mut conn = self.conn.clone();
+        self.bounded(self.options.response_timeout, async {
+            redis::cmd("ZCARD").arg(&self.keys.outbox).query_async(&mut conn).await.map_err(store_error)
+        })
+        .await
+    }
+}
+
+/// An argument of [`RedisStore::outbox_index_op`], of any type the redis crate can send.
+trait ToRedisArgsDyn: Sync {
+    fn push_to(&self, invocation: &mut Invocation<'_>);
+}
+
+impl<T: ToRedisArgs + Sync> ToRedisArgsDyn for T {
+    fn push_to(&self, invocation: &mut Invocation<'_>) {
+        invocation.arg(self);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const SCRIPTS: [(&str, &str); 10] = [
+    const SCRIPTS: [(&str, &str); 12] = [
         ("prelude", PRELUDE),
         ("create", include_str!("../lua/create.lua")),
         ("attach", include_str!("../lua/attach.lua")),
@@ -1386,6 +1670,8 @@ mod tests {
         ("scan_leases", include_str!("../lua/scan_leases.lua")),
         ("heartbeat", include_str!("../lua/heartbeat.lua")),
         ("workers", include_str!("../lua/workers.lua")),
+        ("outbox", include_str!("../lua/outbox.lua")),
+        ("outbox_index", include_str!("../lua/outbox_index.lua")),
     ];
 
     /// Every `redis.call` in a script names its key as `KEYS[n]` (the prelude's helpers take
@@ -1429,6 +1715,11 @@ mod tests {
         assert_eq!(keys.call_keys(&id), ["cw:call:{c-1}", "cw:call:{c-1}:rec:in", "cw:call:{c-1}:rec:out"]);
         assert_eq!(keys.leases, "cw:{idx}:leases");
         assert_eq!(keys.worker("w1"), "cw:{idx}:worker:w1");
+        assert_eq!(keys.call_outbox(&id), "cw:call:{c-1}:outbox");
+        assert_eq!(
+            (keys.outbox.as_str(), keys.dead_letters.as_str()),
+            ("cw:{idx}:outbox", "cw:{idx}:webhooks:dead")
+        );
     }
 
     #[test]

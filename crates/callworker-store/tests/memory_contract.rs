@@ -10,6 +10,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use callworker_call::{CallId, EndReason, Epoch, TenantId, UnixMillis, WorkerId};
 use callworker_store::memory::MemoryStore;
+use callworker_store::outbox::{DeadLetter, OutboxClaim, OutboxEvent, PendingEvent, Settle};
 use callworker_store::{
     AttemptId, CallStore, Checkpoint, ExpireAction, LeaseObservation, ListQuery, NewCall, RecordStatus,
     Recording, RecordingChunk, StoreError, WorkerInfo, contract,
@@ -18,7 +19,11 @@ use callworker_store::{
 #[tokio::test]
 async fn memory_store_meets_the_contract() {
     contract::run_all(|| async {
-        MemoryStore::new(1_000).with_recording_limit(contract::RECORDING_TRACK_BYTES_MAX)
+        MemoryStore::new(1_000).with_recording_limit(contract::RECORDING_TRACK_BYTES_MAX).with_webhooks(
+            contract::webhook_subscriptions(),
+            contract::WEBHOOK_CALL_EVENTS_MAX,
+            contract::WEBHOOK_DEAD_LETTERS_MAX,
+        )
     })
     .await;
 }
@@ -122,29 +127,31 @@ impl CallStore for UnfencedStore {
     ) -> Result<callworker_store::Attached, StoreError> {
         self.0.attach(call_id, attempt, owner, expected_epoch, lease).await
     }
-    async fn checkpoint(
+    async fn checkpoint_with_events(
         &self,
         call_id: &CallId,
         _epoch: Epoch,
         checkpoint: Checkpoint,
         recording: RecordingChunk,
+        events: &[OutboxEvent],
         lease: Duration,
     ) -> Result<callworker_store::CheckpointAck, StoreError> {
         let current = self.0.get(call_id).await?.epoch;
-        self.0.checkpoint(call_id, current, checkpoint, recording, lease).await
+        self.0.checkpoint_with_events(call_id, current, checkpoint, recording, events, lease).await
     }
     async fn renew(&self, call_id: &CallId, epoch: Epoch, lease: Duration) -> Result<(), StoreError> {
         self.0.renew(call_id, epoch, lease).await
     }
-    async fn end(
+    async fn end_with_events(
         &self,
         call_id: &CallId,
         epoch: Epoch,
         reason: EndReason,
         final_checkpoint: Option<Checkpoint>,
         recording: RecordingChunk,
+        events: &[OutboxEvent],
     ) -> Result<Epoch, StoreError> {
-        self.0.end(call_id, epoch, reason, final_checkpoint, recording).await
+        self.0.end_with_events(call_id, epoch, reason, final_checkpoint, recording, events).await
     }
     async fn get(&self, call_id: &CallId) -> Result<callworker_store::CallRecord, StoreError> {
         self.0.get(call_id).await
@@ -180,6 +187,29 @@ impl CallStore for UnfencedStore {
     }
     async fn deregister(&self, worker_id: &WorkerId) -> Result<(), StoreError> {
         self.0.deregister(worker_id).await
+    }
+    async fn outbox_claim(&self, limit: usize, lease: Duration) -> Result<Vec<OutboxClaim>, StoreError> {
+        self.0.outbox_claim(limit, lease).await
+    }
+    async fn outbox_head(&self, claim: &OutboxClaim) -> Result<Option<PendingEvent>, StoreError> {
+        self.0.outbox_head(claim).await
+    }
+    async fn outbox_settle(
+        &self,
+        claim: &OutboxClaim,
+        event: &PendingEvent,
+        settle: Settle,
+    ) -> Result<(), StoreError> {
+        self.0.outbox_settle(claim, event, settle).await
+    }
+    async fn outbox_yield(&self, claim: &OutboxClaim) -> Result<(), StoreError> {
+        self.0.outbox_yield(claim).await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.0.dead_letters(limit).await
+    }
+    async fn outbox_calls(&self) -> Result<u64, StoreError> {
+        self.0.outbox_calls().await
     }
 }
 

@@ -25,6 +25,9 @@ fn options(cluster: &RedisCluster) -> RedisStoreOptions {
         mode: RedisMode::Cluster,
         namespace: format!("c{}", NAMESPACE.fetch_add(1, Ordering::Relaxed)),
         recording_track_bytes_max: contract::RECORDING_TRACK_BYTES_MAX,
+        webhooks: contract::webhook_subscriptions(),
+        webhook_call_events_max: contract::WEBHOOK_CALL_EVENTS_MAX,
+        webhook_dead_letters_max: contract::WEBHOOK_DEAD_LETTERS_MAX,
         ..RedisStoreOptions::with_url(&cluster.seed_urls())
     }
 }
@@ -274,6 +277,9 @@ async fn the_acl_user_is_enough_on_a_cluster() {
         mode: RedisMode::Cluster,
         namespace: "acl".to_owned(),
         recording_track_bytes_max: contract::RECORDING_TRACK_BYTES_MAX,
+        webhooks: contract::webhook_subscriptions(),
+        webhook_call_events_max: contract::WEBHOOK_CALL_EVENTS_MAX,
+        webhook_dead_letters_max: contract::WEBHOOK_DEAD_LETTERS_MAX,
         ..RedisStoreOptions::with_url(&urls.join(","))
     };
     contract::run_all(|| async { RedisStore::connect(options()).await.unwrap() }).await;

@@ -28,6 +28,9 @@ fn options(server: &RedisServer) -> RedisStoreOptions {
     RedisStoreOptions {
         namespace: format!("t{}", NAMESPACE.fetch_add(1, Ordering::Relaxed)),
         recording_track_bytes_max: contract::RECORDING_TRACK_BYTES_MAX,
+        webhooks: contract::webhook_subscriptions(),
+        webhook_call_events_max: contract::WEBHOOK_CALL_EVENTS_MAX,
+        webhook_dead_letters_max: contract::WEBHOOK_DEAD_LETTERS_MAX,
         ..RedisStoreOptions::with_url(&server.url())
     }
 }
@@ -429,6 +432,9 @@ async fn redis_store_meets_the_contract_as_a_least_privilege_acl_user() {
     let options = || RedisStoreOptions {
         namespace: "acl".to_owned(),
         recording_track_bytes_max: contract::RECORDING_TRACK_BYTES_MAX,
+        webhooks: contract::webhook_subscriptions(),
+        webhook_call_events_max: contract::WEBHOOK_CALL_EVENTS_MAX,
+        webhook_dead_letters_max: contract::WEBHOOK_DEAD_LETTERS_MAX,
         ..RedisStoreOptions::with_url(&url)
     };
     contract::run_all(|| async { RedisStore::connect(options()).await.unwrap() }).await;

@@ -1,6 +1,7 @@
 //! The HTTP surface: control API, Twilio webhooks, media upgrades, health and metrics.
 
 mod actions;
+mod admin_webhooks;
 mod api;
 mod health;
 mod media;
@@ -61,6 +62,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::admin_memory_purge))
         .routes(routes!(api::admin_memory_profile))
         .routes(routes!(api::admin_drain))
+        .routes(routes!(admin_webhooks::dead_letters))
         .route("/v1/media", get(media::native_media))
         .route("/twilio/voice", post(twilio::voice))
         .route("/twilio/stream-ended", post(twilio::stream_ended))

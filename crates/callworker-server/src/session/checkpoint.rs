@@ -14,12 +14,19 @@
 //! so the store's duplicate detection makes the retry append nothing twice. While the store
 //! is unreachable, unwritten audio is bounded (`resume.recording_pending_bytes_max`): the
 //! oldest is dropped and counted beyond it.
+//!
+//! Webhook events ride the same way (`crate::webhooks`): the timeline events new in a state
+//! go with the write that makes that state durable, a state that replaces an unwritten one
+//! inherits them, and an exact retry carries the same events, so the store appends each
+//! once. Unwritten events are bounded by `webhooks.call_events_max`: the newest beyond it
+//! are dropped and counted, as the store does.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use callworker_call::{CallId, EndReason, Epoch};
+use callworker_store::outbox::OutboxEvent;
 use callworker_store::{CallStore, Checkpoint, CheckpointAck, RecordingChunk, StoreError};
 use tokio::sync::{Notify, mpsc};
 use tracing::warn;
@@ -94,6 +101,8 @@ pub struct Pending {
     pub recording: RecordingBuffer,
     /// `Some` for the final write of an ended call (a fenced `end`, not a checkpoint).
     pub end: Option<EndReason>,
+    /// Webhook events new in this state (timeline order), stored with it.
+    pub events: Vec<OutboxEvent>,
 }
 
 /// What happened to a write.
@@ -110,6 +119,8 @@ struct Mailbox {
     next: Mutex<Option<Pending>>,
     notify: Notify,
     recording_pending_bytes_max: usize,
+    /// Most unwritten webhook events kept (`webhooks.call_events_max`).
+    events_pending_max: usize,
 }
 
 /// The driver's side of a call's writer.
@@ -130,9 +141,17 @@ pub struct Target {
 }
 
 impl CheckpointWriter {
-    pub fn spawn(target: Target, recording_pending_bytes_max: usize) -> CheckpointWriter {
-        let mailbox =
-            Arc::new(Mailbox { next: Mutex::new(None), notify: Notify::new(), recording_pending_bytes_max });
+    pub fn spawn(
+        target: Target,
+        recording_pending_bytes_max: usize,
+        events_pending_max: usize,
+    ) -> CheckpointWriter {
+        let mailbox = Arc::new(Mailbox {
+            next: Mutex::new(None),
+            notify: Notify::new(),
+            recording_pending_bytes_max,
+            events_pending_max,
+        });
         let (results_tx, results) = mpsc::channel(RESULTS_MAX);
         let task = tokio::spawn(task_main(target, mailbox.clone(), results_tx));
         CheckpointWriter { mailbox, results, task }
@@ -144,6 +163,16 @@ impl CheckpointWriter {
         let mut next = self.mailbox.next.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(older) = next.take() {
             pending.recording.prepend(older.recording);
+            if !older.events.is_empty() {
+                let mut events = older.events;
+                events.append(&mut pending.events);
+                pending.events = events;
+            }
+        }
+        if pending.events.len() > self.mailbox.events_pending_max {
+            let dropped = pending.events.len() - self.mailbox.events_pending_max;
+            pending.events.truncate(self.mailbox.events_pending_max);
+            metrics::counter!(m::WEBHOOKS_DROPPED, "reason" => "pending_full").increment(dropped as u64);
         }
         let dropped = pending.recording.bound(self.mailbox.recording_pending_bytes_max);
         if dropped > 0 {
@@ -185,9 +214,10 @@ async fn task_main(target: Target, mailbox: Arc<Mailbox>, results: mpsc::Sender<
         let pending = mailbox.take().await;
         let checkpoint = Checkpoint { seq: pending.seq, blob: pending.blob };
         let recording = pending.recording.into_chunk();
+        let events = pending.events;
         let mut retry_delay = RETRY_DELAY_MIN;
         loop {
-            let outcome = write(&target, &checkpoint, &recording, pending.end).await;
+            let outcome = write(&target, &checkpoint, &recording, &events, pending.end).await;
             let retry = matches!(&outcome, Err(StoreError::Unavailable(_)));
             let final_answer = matches!(
                 &outcome,
@@ -222,6 +252,7 @@ async fn write(
     target: &Target,
     checkpoint: &Checkpoint,
     recording: &RecordingChunk,
+    events: &[OutboxEvent],
     end: Option<EndReason>,
 ) -> Result<(), StoreError> {
     let started = Instant::now();
@@ -230,12 +261,26 @@ async fn write(
     let outcome = match end {
         Some(reason) => target
             .store
-            .end(&target.call_id, target.epoch, reason, Some(checkpoint.clone()), recording.clone())
+            .end_with_events(
+                &target.call_id,
+                target.epoch,
+                reason,
+                Some(checkpoint.clone()),
+                recording.clone(),
+                events,
+            )
             .await
             .map(|_| ()),
         None => target
             .store
-            .checkpoint(&target.call_id, target.epoch, checkpoint.clone(), recording.clone(), target.lease)
+            .checkpoint_with_events(
+                &target.call_id,
+                target.epoch,
+                checkpoint.clone(),
+                recording.clone(),
+                events,
+                target.lease,
+            )
             .await
             .map(|ack| duplicate = matches!(ack, CheckpointAck::Duplicate { .. })),
     };

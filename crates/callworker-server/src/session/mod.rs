@@ -363,6 +363,11 @@ struct Driver {
     acked_seq: u64,
     /// Audio recorded since the last submitted checkpoint (it rides with the next one).
     recording: RecordingBuffer,
+    /// Timeline position up to which webhook events have been handed to the writer (the
+    /// loaded checkpoint's events were stored with it).
+    events_seen: u64,
+    /// Whether the call's tenant has webhooks at all (else no events are collected).
+    webhooks: bool,
     /// Bytes this call holds here (encoded state, unwritten recording, queued output),
     /// refreshed at every checkpoint; the governor migrates the largest calls first.
     account: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -400,9 +405,12 @@ impl Driver {
                 lease: state.config.checkpoint.lease,
             },
             state.config.resume.recording_pending_bytes_max,
+            state.config.webhooks.call_events_max,
         );
         let (commands_tx, commands) = mpsc::channel(state.config.limits.actor_commands_max);
         let acked_seq = a.call.media.inbound_applied_seq;
+        let events_seen = a.call.timeline.dropped() + a.call.timeline.len() as u64;
+        let webhooks = state.config.webhooks.target(a.call.tenant.as_str()).is_some();
         let now_i = Instant::now();
         Driver {
             call: a.call,
@@ -422,6 +430,8 @@ impl Driver {
             last_inbound: now_i,
             acked_seq,
             recording: RecordingBuffer::default(),
+            events_seen,
+            webhooks,
             account: std::sync::Arc::default(),
             stop: None,
             last_turn: now_i,
@@ -753,12 +763,20 @@ impl Driver {
         let held = blob.len() + self.recording.len() + self.out.queued_bytes();
         self.account.store(held as u64, std::sync::atomic::Ordering::Relaxed);
         metrics::histogram!(m::CALL_ACCOUNT_BYTES).record(held as f64);
+        let events = if self.webhooks {
+            let (events, seen) = crate::webhooks::timeline_events(&self.call, self.events_seen);
+            self.events_seen = seen;
+            events
+        } else {
+            Vec::new()
+        };
         Pending {
             seq: self.checkpoint_seq,
             inbound_applied_seq: self.call.media.inbound_applied_seq,
             blob,
             recording: std::mem::take(&mut self.recording),
             end,
+            events,
         }
     }
 
