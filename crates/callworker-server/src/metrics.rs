@@ -24,7 +24,8 @@ pub const WS_REJECTED: &str = "callworker_ws_messages_rejected_total";
 pub const FRAMES_IN: &str = "callworker_frames_in_total";
 /// Audio frames sent, by `transport`.
 pub const FRAMES_OUT: &str = "callworker_frames_out_total";
-/// Outbound audio frames dropped (queue full: slow consumer), by `transport`.
+/// Outbound audio frames dropped (queue full: slow consumer; or older than the lease when
+/// the writer got to them: a paused process), by `transport`.
 pub const FRAMES_DROPPED: &str = "callworker_frames_dropped_total";
 /// Time to process one inbound audio frame (parse → call program → outputs queued).
 pub const FRAME_PROCESSING_SECONDS: &str = "callworker_frame_processing_seconds";
@@ -166,7 +167,10 @@ fn describe() {
     );
     describe_counter!(FRAMES_IN, "Inbound audio frames, by transport");
     describe_counter!(FRAMES_OUT, "Outbound audio frames, by transport");
-    describe_counter!(FRAMES_DROPPED, "Outbound audio frames dropped because the session queue was full");
+    describe_counter!(
+        FRAMES_DROPPED,
+        "Outbound audio frames dropped: the session queue was full, or they waited past the lease"
+    );
     describe_histogram!(FRAME_PROCESSING_SECONDS, Unit::Seconds, "Time to process one inbound audio frame");
     describe_counter!(CHECKPOINTS, "Checkpoint writes, by outcome");
     describe_histogram!(CHECKPOINT_SECONDS, Unit::Seconds, "Checkpoint write latency");

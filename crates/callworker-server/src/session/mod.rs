@@ -114,7 +114,8 @@ pub async fn run(state: AppState, socket: WebSocket, transport: Transport, permi
         state.config.limits.outbound_audio_frames_max,
         state.config.limits.outbound_control_max,
     ));
-    let writer = tokio::spawn(writer_main(sink, out.clone()));
+    let stale = metrics::counter!(m::FRAMES_DROPPED, "transport" => label);
+    let writer = tokio::spawn(writer_main(sink, out.clone(), state.config.checkpoint.lease, stale));
 
     let mut limiter = RateLimiter::new(
         state.config.limits.messages_per_second_max,
@@ -179,13 +180,25 @@ pub fn reject(transport: Transport, e: &Error) {
     }
 }
 
-/// Drains the outbound queue into the socket until a close frame has been sent.
-async fn writer_main(mut sink: Sink, out: Arc<OutboundQueue>) {
+/// Drains the outbound queue into the socket until a close frame has been sent. Audio that
+/// waited longer than `stale_after` (the lease) is dropped and counted instead: the process
+/// was paused, and the call may have another owner by now.
+async fn writer_main(
+    mut sink: Sink,
+    out: Arc<OutboundQueue>,
+    stale_after: Duration,
+    stale: metrics::Counter,
+) {
     let mut batch = Vec::with_capacity(32);
     loop {
         out.drain_into(&mut batch).await;
         let mut closed = false;
-        for msg in batch.drain(..) {
+        for item in batch.drain(..) {
+            if item.is_stale(stale_after, Instant::now()) {
+                stale.increment(1);
+                continue;
+            }
+            let msg = item.msg;
             closed |= matches!(msg, Message::Close(_));
             if sink.feed(msg).await.is_err() {
                 return;

@@ -6,17 +6,39 @@
 //! (acks, marks, events, close) are never dropped: when they overflow, the consumer is too
 //! slow to be served and the session is closed. Order is preserved between everything that
 //! is not dropped, so a Twilio `mark` still follows the audio it marks.
+//!
+//! Audio also carries the moment it was queued: the writer never sends a frame that waited
+//! longer than the call's lease (see [`Outbound::is_stale`]). Only a paused process (SIGSTOP,
+//! CPU starvation) makes a frame wait that long, and after such a pause the call may
+//! already have a new owner: its old audio must not reach a client after the new owner's.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message};
 use tokio::sync::Notify;
 
 #[derive(Debug)]
 enum Item {
-    Audio(Message),
+    /// An audio frame and when it was queued.
+    Audio(Message, Instant),
     Control(Message),
+}
+
+/// A message drained for the writer.
+#[derive(Debug)]
+pub struct Outbound {
+    pub msg: Message,
+    /// When an audio frame was queued (`None` for control messages).
+    queued_at: Option<Instant>,
+}
+
+impl Outbound {
+    /// An audio frame that waited longer than `max_wait` (control messages never are).
+    pub fn is_stale(&self, max_wait: Duration, now: Instant) -> bool {
+        self.queued_at.is_some_and(|at| now.saturating_duration_since(at) > max_wait)
+    }
 }
 
 #[derive(Debug)]
@@ -78,13 +100,13 @@ impl OutboundQueue {
         }
         let mut dropped = 0;
         if inner.audio_len >= self.audio_max.load(std::sync::atomic::Ordering::Relaxed)
-            && let Some(pos) = inner.items.iter().position(|i| matches!(i, Item::Audio(_)))
+            && let Some(pos) = inner.items.iter().position(|i| matches!(i, Item::Audio(..)))
         {
             inner.items.remove(pos);
             inner.audio_len -= 1;
             dropped = 1;
         }
-        inner.items.push_back(Item::Audio(msg));
+        inner.items.push_back(Item::Audio(msg, Instant::now()));
         inner.audio_len += 1;
         drop(inner);
         self.notify.notify_one();
@@ -145,7 +167,7 @@ impl OutboundQueue {
             .items
             .iter()
             .map(|i| match i {
-                Item::Audio(m) | Item::Control(m) => match m {
+                Item::Audio(m, _) | Item::Control(m) => match m {
                     Message::Text(t) => t.len(),
                     Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
                     Message::Close(_) => 0,
@@ -159,13 +181,14 @@ impl OutboundQueue {
     }
 
     /// Moves everything queued into `batch` (in order), waiting until there is something.
-    pub async fn drain_into(&self, batch: &mut Vec<Message>) {
+    pub async fn drain_into(&self, batch: &mut Vec<Outbound>) {
         loop {
             {
                 let mut inner = self.lock();
                 if !inner.items.is_empty() {
                     batch.extend(inner.items.drain(..).map(|i| match i {
-                        Item::Audio(m) | Item::Control(m) => m,
+                        Item::Audio(msg, at) => Outbound { msg, queued_at: Some(at) },
+                        Item::Control(msg) => Outbound { msg, queued_at: None },
                     }));
                     inner.audio_len = 0;
                     inner.control_len = 0;
@@ -199,7 +222,7 @@ mod tests {
         assert_eq!(q.push_audio(Message::Binary(vec![3].into())), 1);
         let mut batch = Vec::new();
         q.drain_into(&mut batch).await;
-        let got: Vec<String> = batch.iter().map(text).collect();
+        let got: Vec<String> = batch.iter().map(|o| text(&o.msg)).collect();
         assert_eq!(got, ["mark", "bin:2", "bin:3"]);
     }
 
@@ -212,7 +235,7 @@ mod tests {
         assert_eq!(q.queued_bytes(), 200);
         let mut batch = Vec::new();
         q.drain_into(&mut batch).await;
-        assert_eq!(batch.iter().map(text).collect::<Vec<_>>(), ["bin:2", "bin:3"]);
+        assert_eq!(batch.iter().map(|o| text(&o.msg)).collect::<Vec<_>>(), ["bin:2", "bin:3"]);
     }
 
     #[tokio::test]
@@ -227,7 +250,7 @@ mod tests {
         assert_eq!(q.push_audio(Message::Binary(vec![9].into())), 0);
         let mut batch = Vec::new();
         q.drain_into(&mut batch).await;
-        let got: Vec<String> = batch.iter().map(text).collect();
+        let got: Vec<String> = batch.iter().map(|o| text(&o.msg)).collect();
         assert_eq!(got, ["a", "b", "close:4430"]);
     }
 
@@ -240,6 +263,20 @@ mod tests {
         assert_eq!(q.clear_audio(), 2);
         let mut batch = Vec::new();
         q.drain_into(&mut batch).await;
-        assert_eq!(batch.iter().map(text).collect::<Vec<_>>(), ["ack"]);
+        assert_eq!(batch.iter().map(|o| text(&o.msg)).collect::<Vec<_>>(), ["ack"]);
+    }
+
+    #[tokio::test]
+    async fn audio_that_waited_past_the_bound_is_stale_and_control_never_is() {
+        let q = OutboundQueue::new(4, 4);
+        q.push_audio(Message::Binary(vec![1].into()));
+        q.push_control(Message::Text("mark".into()));
+        let mut batch = Vec::new();
+        q.drain_into(&mut batch).await;
+        let later = Instant::now() + Duration::from_secs(2);
+        let wait = Duration::from_millis(1_500);
+        assert!(batch[0].is_stale(wait, later), "a frame queued 2 s ago, past a 1.5 s bound");
+        assert!(!batch[0].is_stale(wait, Instant::now()), "a frame queued just now");
+        assert!(!batch[1].is_stale(wait, later), "control messages are never stale");
     }
 }
