@@ -34,6 +34,7 @@ pub mod error;
 pub mod fuzzing;
 pub mod governor;
 pub mod http;
+pub mod ivr_definitions;
 pub mod live;
 pub mod metrics;
 pub mod profiling;

@@ -75,7 +75,7 @@ fn parse_call_id(id: &str) -> Result<CallId, Error> {
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Created; connect media to `media_url`", body = CreatedCallDoc),
-        (status = 400, description = "Invalid program, tenant, party, audio or duration", body = ErrorBody),
+        (status = 400, description = "Invalid program (`invalid_program`; `unknown_ivr_definition` for an IVR definition this worker does not have), tenant, party, audio or duration", body = ErrorBody),
         (status = 403, description = "The body names another tenant than the key's (`tenant_mismatch`)", body = ErrorBody),
         (status = 429, description = "Rate limited, or the tenant has too many live calls (`tenant_calls_limit`)", body = ErrorBody),
         AuthErrors,
@@ -88,6 +88,10 @@ pub async fn create_call(
     ApiJson(req): ApiJson<CreateCall>,
 ) -> Result<Response, Error> {
     state.admission.admit_call()?;
+    let mut req = req;
+    req.program
+        .resolve_ivr(&state.config.ivr.definitions)
+        .map_err(|e| invalid("unknown_ivr_definition", e.to_string()))?;
     req.program.validate().map_err(|e| invalid("invalid_program", e.to_string()))?;
     let named = req
         .tenant
@@ -385,7 +389,7 @@ pub async fn end_call(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Applied; the call after it", body = crate::calls::CallView),
-        (status = 400, description = "Invalid action (`invalid_action`, `invalid_json`, `invalid_body`)", body = ErrorBody),
+        (status = 400, description = "Invalid action (`invalid_action`, `unknown_ivr_definition`, `invalid_json`, `invalid_body`)", body = ErrorBody),
         (status = 404, description = "No such call (`call_not_found`), or another tenant's", body = ErrorBody),
         (status = 409, description = "The call has ended (`call_ended`) or no media session drives it here (`call_not_attached`)", body = ErrorBody),
         (status = 500, description = "The call's stored state cannot be read (`checkpoint_unreadable`)", body = ErrorBody),
@@ -397,11 +401,16 @@ pub async fn call_action(
     State(state): State<AppState>,
     caller: Caller,
     Path(id): Path<String>,
-    ApiJson(action): ApiJson<Action>,
+    ApiJson(mut action): ApiJson<Action>,
 ) -> Result<Response, Error> {
     let id = parse_call_id(&id)?;
     let record = state.store.get(&id).await?;
     caller.authorize(&record.tenant)?;
+    if let Action::SwitchProgram { program } = &mut action {
+        program
+            .resolve_ivr(&state.config.ivr.definitions)
+            .map_err(|e| invalid("unknown_ivr_definition", e.to_string()))?;
+    }
     action.validate().map_err(|e| invalid("invalid_action", e.to_string()))?;
     if let Some(reason) = record.end_reason {
         return Err(callworker_store::StoreError::Ended { reason }.into());
