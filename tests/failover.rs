@@ -1092,6 +1092,45 @@ async fn a_twilio_ivr_call_resumes_at_the_prompt_frame_twilio_marked_played() {
     drop(fleet.redis);
 }
 
+/// Workers whose configurations differ: one without the call's IVR definition refuses to
+/// create such a call (400) and to take one over (close 4503, before the epoch moves, so
+/// the call stays as it was), and a worker that has the definition takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_the_ivr_definition_refuses_the_takeover() {
+    let defs = IvrDefinitions::write("missing");
+    let mut fleet = Fleet::start("ivrmissing", 1, &[("CALLWORKER_IVR__DIR", defs.dir())]).await;
+    let plain = Worker::start(fleet_options("ivrmissing-plain", &fleet.redis, &[])).await.unwrap();
+    fleet.workers.push(plain);
+    let url = |i: usize| format!("ws://127.0.0.1:{}/v1/media", fleet.workers[i].port);
+    let err = fleet.api(1).create_call(&json!({ "program": ivr_definition_program() })).await.unwrap_err();
+    assert!(err.to_string().contains("400: unknown_ivr_definition"), "{err}");
+
+    let created = fleet.api(0).create_call(&json!({ "program": ivr_definition_program() })).await.unwrap();
+    let refused = ResilientCall::connect(
+        vec![url(1)],
+        created.call_id(),
+        &created.resume_token,
+        PCMU_8K,
+        ResilientConfig { reconnect: quick_give_up(), ..ResilientConfig::default() },
+    )
+    .await
+    .expect_err("a worker without the definition does not take the call");
+    assert!(refused.to_string().contains("ivr_definition_missing"), "{refused}");
+    let refusals =
+        metric(&fleet.api(1), "callworker_takeovers_refused_total", &[("reason", "ivr_definition_missing")])
+            .await;
+    assert!(refusals >= 1.0, "counted: {refusals}");
+    let view = fleet.api(0).get_call(created.call_id()).await.unwrap();
+    assert_eq!((view["status"].as_str(), view["epoch"].as_u64()), (Some("created"), Some(0)), "{view}");
+
+    let (call, mut events) = connect(vec![url(0)], &created).await;
+    let frames = audio_frames(&mut events, 3).await;
+    for (i, (_, payload)) in frames.iter().enumerate() {
+        assert!(*payload == ivr_prompt_frame(i), "the prompt plays on the worker that has it");
+    }
+    assert_eq!(call.hangup().await, EndCause::HungUp);
+}
+
 on_both_backends!(
     native_calls_survive_kill_9_of_their_worker_with_no_audio_lost,
     a_paused_owner_is_fenced_when_it_wakes_up,

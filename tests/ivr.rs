@@ -107,6 +107,40 @@ async fn in_band_dtmf_navigates_a_named_ivr_on_native_audio() {
     wait_for_call(&api, created.call_id(), |c| c["status"] == "ended").await;
 }
 
+/// A Twilio stream that sends no `dtmf` events (the key tones are only in the audio): the
+/// same in-band detection navigates the call.
+#[tokio::test]
+async fn in_band_dtmf_navigates_a_twilio_call_without_dtmf_events() {
+    let defs = IvrDefinitions::write("inband-twilio");
+    let program = r#"{name = "ivr", params = {definition = "main-menu"}}"#;
+    let worker = worker("ivr-inband-twilio", &defs, &[("CALLWORKER_CALLS__DEFAULT_PROGRAM", program)]).await;
+    let api = ControlApi::new(&worker.base_url).with_key(TENANT_KEY);
+    let sim = TwilioSimulator::new(&worker.base_url).with_auth_token(TWILIO_AUTH_TOKEN);
+    let stream = sim.place_call("+15550100", "+15550199").await.unwrap();
+    let call_id = stream.action.clone().unwrap().split("call_id=").nth(1).unwrap().to_owned();
+    let mut frames = Vec::new();
+    for d in ['1', '7', '#'] {
+        frames.extend(key_press(d));
+    }
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    for f in frames {
+        tick.tick().await;
+        stream.send_media(f).await.unwrap();
+    }
+    let events = wait_for_event(&api, &call_id, |e| e["type"] == "digits_collected").await;
+    let detected: Vec<&str> = events
+        .iter()
+        .filter(|e| e["type"] == "dtmf_detected")
+        .map(|e| e["digit"].as_str().unwrap())
+        .collect();
+    assert_eq!(detected, ["1", "7", "#"], "{events:?}");
+    let collected = events.iter().find(|e| e["type"] == "digits_collected").unwrap();
+    assert_eq!(collected["digits"], "7");
+    assert_eq!(metric(&api, "callworker_ivr_dtmf_detected_total", &[("transport", "twilio")]).await, 3.0);
+    stream.stop().await.unwrap();
+    wait_for_call(&api, &call_id, |c| c["status"] == "ended").await;
+}
+
 /// The caller speaks over the `talk` prompt: the server clears the queued prompt, records
 /// how much of it the caller had heard (the position they reported as played), and takes
 /// the menu's barge-in choice (the account menu, whose prompt follows).
