@@ -150,14 +150,25 @@ fn window_samples(rate_hz: u32) -> usize {
 
 /// The digit a window holds, if it passes every check.
 pub fn classify(window: &[i16], rate_hz: u32) -> Option<char> {
-    let rows = ROWS_HZ.map(|f| goertzel_power(window, rate_hz, f64::from(f)));
-    let cols = COLS_HZ.map(|f| goertzel_power(window, rate_hz, f64::from(f)));
+    // The cheap checks first: most windows are speech or quiet, and never reach the eight
+    // Goertzel filters.
     let half = window.len() / 2;
     let energy_of = |part: &[i16]| part.iter().map(|&s| f64::from(s) * f64::from(s)).sum::<f64>();
     let (first, second) = (energy_of(&window[..half]), energy_of(&window[half..]));
     if first.min(second) < STEADY_RATIO_MIN * first.max(second) {
         return None;
     }
+    // Goertzel power of a sine is twice its mean square (both relative to full scale), so
+    // for a clean pair `row + col` is about `energy`, and a window with less energy than one
+    // tone needs cannot hold two.
+    let full = 32_768.0f64 * 32_768.0;
+    let mean_square = (first + second) / window.len() as f64;
+    let energy = 2.0 * mean_square / full;
+    if energy < TONE_POWER_MIN {
+        return None;
+    }
+    let rows = ROWS_HZ.map(|f| goertzel_power(window, rate_hz, f64::from(f)));
+    let cols = COLS_HZ.map(|f| goertzel_power(window, rate_hz, f64::from(f)));
     let (r, row) = peak(&rows)?;
     let (c, col) = peak(&cols)?;
     if row < TONE_POWER_MIN || col < TONE_POWER_MIN {
@@ -166,12 +177,7 @@ pub fn classify(window: &[i16], rate_hz: u32) -> Option<char> {
     if col > row * TWIST_NORMAL_MAX || row > col * TWIST_REVERSE_MAX {
         return None;
     }
-    // Goertzel power of a sine is twice its mean square (both relative to full scale), so
-    // for a clean pair the ratio below is about 1.
-    let full = 32_768.0f64 * 32_768.0;
-    let mean_square = (first + second) / window.len() as f64;
-    let energy = 2.0 * mean_square / full;
-    if energy <= 0.0 || (row + col) < ENERGY_RATIO_MIN * energy {
+    if (row + col) < ENERGY_RATIO_MIN * energy {
         return None;
     }
     Some(KEYS[r][c])
