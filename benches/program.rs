@@ -13,13 +13,19 @@
 //!   encoding), single and dual tone.
 //! - `dtmf/*`: a DTMF digit: timeline entry (full timeline, so the oldest is dropped),
 //!   `Notify` and `Checkpoint` outputs, and for the tone program the acknowledgement.
+//! - `ivr_audio/inband_dtmf+vad`: an inbound frame to an IVR whose prompt plays in a menu
+//!   with voice barge-in: μ-law decode, the in-band DTMF detector (Goertzel at 8
+//!   frequencies per half window) and the energy VAD, on quiet noise that triggers
+//!   neither (the steady-state cost every IVR call pays per frame).
 //!
 //! Run with `cargo bench -p callworker-benches --bench program` (`-- --quick` for a fast
 //! pass).
 
 use std::hint::black_box;
 
-use callworker_call::program::{EchoParams, ToneParams, ToneSegment};
+use callworker_call::program::{
+    EchoParams, IvrBargeIn, IvrChoice, IvrMenu, IvrParams, PromptSegment, ToneParams, ToneSegment,
+};
 use callworker_call::{
     Call, CallId, CallLimits, CallSpec, Direction, Input, Output, ProgramSpec, RecordingSettings, TenantId,
     Transport, UnixMillis,
@@ -172,5 +178,48 @@ fn bench_dtmf(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, bench_echo, bench_tone, bench_dtmf);
+/// An IVR whose one menu plays a minute-long prompt that the caller's voice may interrupt.
+fn ivr_with_barge_in() -> ProgramSpec {
+    let menu = IvrMenu {
+        prompt: vec![PromptSegment { freqs_hz: vec![440], duration_ms: 60_000, wav: None }],
+        options: [('1', IvrChoice::Hangup)].into_iter().collect(),
+        collect: None,
+        timeout_ms: 5_000,
+        retries: 2,
+        on_failure: IvrChoice::Hangup,
+        barge_in: Some(IvrBargeIn { threshold_dbfs: -35, min_speech_ms: 120, hangover_ms: 80, then: None }),
+    };
+    ProgramSpec::Ivr(IvrParams::inline("main".into(), [("main".to_owned(), menu)].into_iter().collect()))
+}
+
+fn bench_ivr(c: &mut Criterion) {
+    let mut group = c.benchmark_group("program");
+    // Quiet noise (about -45 dBFS): neither a key nor speech.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let pcm: Vec<i16> = (0..FRAME_BYTES)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % 400) as i16 - 200
+        })
+        .collect();
+    let mut payload = Vec::new();
+    callworker_protocol::codec::encode(Encoding::Pcmu, &pcm, &mut payload);
+    let mut call = attached(ivr_with_barge_in(), PCMU_8K);
+    let mut clock = Clock { frame: 0 };
+    let mut out = Vec::with_capacity(8);
+    group.bench_function("ivr_audio/inband_dtmf+vad", |b| {
+        b.iter(|| {
+            out.clear();
+            let (now, seq) = clock.next();
+            call.handle(now, Input::Audio { seq, payload: black_box(&payload) }, &mut out);
+            black_box(&out);
+        })
+    });
+    assert!(out.is_empty(), "quiet noise neither navigates nor barges in: {out:?}");
+    group.finish();
+}
+
+criterion_group!(benches, bench_echo, bench_tone, bench_dtmf, bench_ivr);
 criterion_main!(benches);

@@ -201,3 +201,118 @@ pub async fn recording_track(api: &ControlApi, call_id: &str, track: &str) -> Ve
 pub async fn events_of(api: &ControlApi, call_id: &str) -> Vec<Value> {
     api.events(call_id).await.unwrap()["events"].as_array().unwrap().clone()
 }
+
+/// Frames of the recorded main-menu prompt in [`IvrDefinitions`] (2 s).
+pub const IVR_PROMPT_FRAMES: usize = 100;
+
+/// Frame `i` of the recorded main-menu prompt, exactly as the worker sends it to a μ-law
+/// 8 kHz call: the WAV file is μ-law at 8 kHz, so the worker's decode → resample → encode
+/// gives the file's bytes back (no byte is 0x7F, μ-law's second zero code).
+pub fn ivr_prompt_frame(i: usize) -> Vec<u8> {
+    (0..160)
+        .map(|k| {
+            let b = ((i * 31 + k * 17) % 251) as u8 + 1;
+            if b == 0x7F { 0x7E } else { b }
+        })
+        .collect()
+}
+
+/// A directory with the IVR definition `main-menu`, removed when dropped:
+///
+/// - `main`: the recorded prompt (`welcome.wav`, [`IVR_PROMPT_FRAMES`] frames), then "1"
+///   goes to `account`, "9" to `talk`, "0" hangs up.
+/// - `account`: a 400 ms 620 Hz prompt, then up to 4 digits ended by "#", back to `main`.
+/// - `talk`: a 6 s 440 Hz prompt the caller's voice interrupts (barge-in), then `account`.
+pub struct IvrDefinitions {
+    pub dir: std::path::PathBuf,
+}
+
+impl IvrDefinitions {
+    pub fn write(name: &str) -> IvrDefinitions {
+        let dir = std::env::temp_dir().join(format!("cw-ivr-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let audio: Vec<u8> = (0..IVR_PROMPT_FRAMES).flat_map(ivr_prompt_frame).collect();
+        std::fs::write(dir.join("welcome.wav"), mulaw_wav(&audio)).unwrap();
+        std::fs::write(
+            dir.join("main-menu.toml"),
+            r##"
+start = "main"
+
+[prompts]
+welcome = "welcome.wav"
+
+[menus.main]
+prompt = [{ wav = "welcome" }]
+options = { "1" = { menu = "account" }, "9" = { menu = "talk" }, "0" = { hangup = true } }
+timeout_ms = 30000
+
+[menus.account]
+prompt = [{ freqs_hz = [620], duration_ms = 400 }]
+collect = { max_digits = 4, terminator = "#", inter_digit_timeout_ms = 30000, then = { menu = "main" } }
+timeout_ms = 30000
+
+[menus.talk]
+prompt = [{ freqs_hz = [440], duration_ms = 6000 }]
+options = { "1" = { menu = "account" } }
+timeout_ms = 30000
+barge_in = { threshold_dbfs = -35, min_speech_ms = 100, hangover_ms = 60, then = { menu = "account" } }
+"##,
+        )
+        .unwrap();
+        IvrDefinitions { dir }
+    }
+
+    pub fn dir(&self) -> &str {
+        self.dir.to_str().unwrap()
+    }
+}
+
+impl Drop for IvrDefinitions {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A mono μ-law 8 kHz WAV file holding `audio`.
+pub fn mulaw_wav(audio: &[u8]) -> Vec<u8> {
+    callworker_server::wav::encode(PCMU_8K, audio)
+}
+
+/// The program that runs the `main-menu` definition.
+pub fn ivr_definition_program() -> Value {
+    json!({"name": "ivr", "params": {"definition": "main-menu"}})
+}
+
+/// 20 ms of μ-law: the DTMF pair of `digit` when `Some`, silence otherwise; `index` is the
+/// frame's place in the tone (for a continuous phase).
+pub fn dtmf_audio_frame(digit: Option<char>, index: u64) -> Vec<u8> {
+    let mut pcm = Vec::new();
+    match digit.and_then(callworker_call::dsp::dtmf_freqs_hz) {
+        Some((low, high)) => {
+            let mut g = callworker_call::dsp::ToneGenerator::new();
+            g.skip(&[low, high], 8_000, index * 160);
+            g.fill(&[low, high], 8_000, 160, &mut pcm);
+        }
+        None => pcm.resize(160, 0),
+    }
+    let mut out = Vec::new();
+    callworker_protocol::codec::encode(Encoding::Pcmu, &pcm, &mut out);
+    out
+}
+
+/// 20 ms of loud noise (speech-like energy, about -17 dBFS), μ-law; `seed` varies it.
+pub fn noise_audio_frame(seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let pcm: Vec<i16> = (0..160)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            ((x % 16_000) as i32 - 8_000) as i16
+        })
+        .collect();
+    let mut out = Vec::new();
+    callworker_protocol::codec::encode(Encoding::Pcmu, &pcm, &mut out);
+    out
+}

@@ -19,10 +19,11 @@ use std::time::{Duration, Instant};
 use callworker_client::api::{ControlApi, CreatedCall};
 use callworker_client::resilient::{CallEvent, EndCause, ResilientCall, ResilientConfig};
 use callworker_client::twilio::{StreamEvent, TwilioSimulator, Twiml};
-use callworker_testkit::{OPERATOR_KEY, Signal, TWILIO_AUTH_TOKEN};
+use callworker_testkit::{OPERATOR_KEY, Signal, TWILIO_AUTH_TOKEN, Worker};
 use common::*;
 use fleet::*;
 use serde_json::{Value, json};
+use tokio::sync::mpsc;
 
 /// Runs each `async fn name(backend: Backend)` as two tests, `name::single` and
 /// `name::cluster`, so one body covers both backends.
@@ -623,6 +624,266 @@ async fn a_call_not_resumed_within_the_drain_timeout_ends_with_drain_timeout() {
     assert!(exit.success(), "the draining worker exits 0: {exit}");
     let view = wait_for_call(&api1, created.call_id(), |c| c["status"] == "ended").await;
     assert_eq!(view["end_reason"], "drain_timeout", "{view}");
+}
+
+/// Waits for `n` server audio frames (bounded by [`WAIT`]), noting other events.
+async fn audio_frames(events: &mut mpsc::Receiver<CallEvent>, n: usize) -> Vec<(u64, Vec<u8>)> {
+    let mut frames = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        while frames.len() < n {
+            match events.recv().await.expect("events end with the call") {
+                CallEvent::Audio { seq, payload, .. } => frames.push((seq, payload.to_vec())),
+                CallEvent::Ended(cause) => panic!("call ended: {cause:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} of {n} frames arrived", frames.len()));
+    frames
+}
+
+/// Polls the call's timeline through `api` (a worker that reads the store) until `pred`
+/// holds for one event.
+async fn wait_for_event(api: &ControlApi, call_id: &str, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let events = events_of(api, call_id).await;
+        if events.iter().any(&pred) {
+            return events;
+        }
+        assert!(Instant::now() < deadline, "event never stored: {events:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The index of the worker a client's session is on.
+fn worker_of(fleet: &Fleet, media_url: &str) -> usize {
+    fleet.workers.iter().position(|w| media_url.contains(&format!(":{}/", w.port))).unwrap()
+}
+
+/// An IVR call of a named definition (a recorded WAV prompt) across two kill -9s:
+///
+/// 1. 40 frames of the 100-frame main prompt arrive, the caller reports 30 played, the
+///    owner dies: on the next worker the caller gets exactly prompt frames 30..100, byte
+///    for byte (the frames it had received but not played are sent again, with new
+///    numbers).
+/// 2. "1" leads to the account menu, "4" "2" are keyed, the owner dies again: on the third
+///    worker "7" "#" finish the collection, which holds all four digits ("427"), and the
+///    main prompt starts again from its first frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ivr_call_resumes_at_the_prompt_frame_the_caller_heard() {
+    let defs = IvrDefinitions::write("failover");
+    let mut fleet = Fleet::start("ivrkill", 3, &[("CALLWORKER_IVR__DIR", defs.dir())]).await;
+    let api = fleet.api(0);
+    let created = api.create_call(&json!({ "program": ivr_definition_program() })).await.unwrap();
+    let (call, mut events) = connect(fleet.media_urls(0), &created).await;
+    let first = audio_frames(&mut events, 40).await;
+    for (i, (seq, payload)) in first.iter().enumerate() {
+        assert_eq!(*seq, i as u64 + 1);
+        assert!(*payload == ivr_prompt_frame(i), "frame {i} is the WAV prompt's");
+    }
+    call.played(30).await.unwrap();
+    // The played position is durable once a worker that is not the owner reads it back.
+    let reader = fleet.api(2);
+    wait_for_call(&reader, created.call_id(), |c| c["media"]["outbound_played_seq"] == 30).await;
+    let owner = worker_of(&fleet, &call.session().media_url);
+    assert_eq!(owner, 0);
+    fleet.workers[0].kill();
+
+    // Frames the dying worker still sent arrive before the resume; after it, the prompt
+    // continues from frame 30.
+    let mut before_resume = 0;
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.recv().await.unwrap() {
+                CallEvent::Audio { .. } => before_resume += 1,
+                CallEvent::Resumed { .. } => return,
+                CallEvent::Ended(cause) => panic!("ended: {cause:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the call resumes");
+    println!("ivr failover: {before_resume} frames after the first 40 arrived from the dying worker");
+    let rest = audio_frames(&mut events, IVR_PROMPT_FRAMES - 30).await;
+    for (k, (_, payload)) in rest.iter().enumerate() {
+        assert!(
+            *payload == ivr_prompt_frame(30 + k),
+            "after the resume, frame {k} is prompt frame {}",
+            30 + k
+        );
+    }
+    assert!(rest.windows(2).all(|w| w[1].0 == w[0].0 + 1), "numbered in order");
+    assert!(rest[0].0 > 40 + before_resume as u64, "new numbers, after every frame the client holds");
+
+    // Navigate: "1", then two digits of the account number.
+    call.dtmf('1').await.unwrap();
+    call.dtmf('4').await.unwrap();
+    call.dtmf('2').await.unwrap();
+    let owner = worker_of(&fleet, &call.session().media_url);
+    assert_ne!(owner, 0);
+    let survivor = (0..3).find(|&i| i != 0 && i != owner).unwrap();
+    wait_for_event(&fleet.api(survivor), created.call_id(), |e| e["type"] == "dtmf" && e["digit"] == "2")
+        .await;
+    fleet.workers[owner].kill();
+    tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match events.recv().await.unwrap() {
+                CallEvent::Resumed { .. } => return,
+                CallEvent::Ended(cause) => panic!("ended: {cause:?}"),
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("the call resumes again");
+    call.dtmf('7').await.unwrap();
+    call.dtmf('#').await.unwrap();
+    let api = fleet.api(survivor);
+    let events_seen = wait_for_event(&api, created.call_id(), |e| e["type"] == "digits_collected").await;
+    let collected = events_seen.iter().find(|e| e["type"] == "digits_collected").unwrap();
+    assert_eq!(collected["menu"], "account");
+    assert_eq!(collected["digits"], "427", "digits from both sides of the kill: {events_seen:?}");
+    assert_eq!(events_seen.iter().filter(|e| e["type"] == "resumed").count(), 2);
+    // Back in the main menu: its prompt from the first frame (skipping the account prompt
+    // frames that may still be in flight).
+    let restarted = tokio::time::timeout(WAIT, async {
+        loop {
+            if let CallEvent::Audio { payload, .. } = events.recv().await.unwrap()
+                && payload.as_ref() == ivr_prompt_frame(0).as_slice()
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(restarted.is_ok(), "the main prompt starts again");
+    let next = audio_frames(&mut events, 3).await;
+    for (k, (_, payload)) in next.iter().enumerate() {
+        assert!(*payload == ivr_prompt_frame(1 + k));
+    }
+    assert_eq!(call.hangup().await, EndCause::HungUp);
+    let view = wait_for_call(&api, created.call_id(), |c| c["status"] == "ended").await;
+    assert_eq!(view["end_reason"], "client_hangup");
+    drop(fleet.redis);
+}
+
+/// The same over Twilio Media Streams: the marks Twilio echoed tell the worker what the
+/// caller heard; after a kill -9 and the re-stream, the prompt continues from a frame the
+/// caller had not heard yet, no earlier than the durable played position and no later
+/// than what had been sent, with every later frame in order and byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_twilio_ivr_call_resumes_at_the_prompt_frame_twilio_marked_played() {
+    let defs = IvrDefinitions::write("twfailover");
+    let program = r#"{name = "ivr", params = {definition = "main-menu"}}"#;
+    let mut fleet = Fleet::start(
+        "twivr",
+        2,
+        &[
+            ("CALLWORKER_IVR__DIR", defs.dir()),
+            ("CALLWORKER_CALLS__DEFAULT_PROGRAM", program),
+            ("CALLWORKER_TWILIO__MARK_INTERVAL_FRAMES", "2"),
+        ],
+    )
+    .await;
+    let sim = TwilioSimulator::new(&fleet.workers[0].base_url).with_auth_token(TWILIO_AUTH_TOKEN);
+    let mut stream = sim.place_call("+15550100", "+15550199").await.unwrap();
+    let action = stream.action.clone().unwrap();
+    let call_id = action.split("call_id=").nth(1).unwrap().to_owned();
+    let mut received = 0usize;
+    while received < 40 {
+        let audio = next_twilio_media(&mut stream).await;
+        assert!(audio == ivr_prompt_frame(received), "frame {received} is the WAV prompt's");
+        received += 1;
+    }
+    // What the worker on the other side has read back from the store.
+    let reader = fleet.api(1);
+    let durable =
+        wait_for_call(&reader, &call_id, |c| c["media"]["outbound_played_seq"].as_u64().unwrap() >= 20).await
+            ["media"]["outbound_played_seq"]
+            .as_u64()
+            .unwrap();
+    fleet.workers[0].kill();
+    // Whatever the dead worker still got through counts as sent.
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match stream.next_event().await {
+                Some(StreamEvent::Media(_)) => received += 1,
+                Some(StreamEvent::Closed { .. }) | None => break,
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the stream closes with its worker");
+    let survivor = &fleet.workers[1].base_url;
+    let action = action.replace(&fleet.workers[0].base_url, survivor);
+    let Twiml::Connect { stream_url, parameters, .. } =
+        sim.stream_ended(&action, &stream.call_sid).await.unwrap()
+    else {
+        panic!("expected a new stream")
+    };
+    let stream_url =
+        stream_url.replace(&fleet.workers[0].base_url.replace("http", "ws"), &survivor.replace("http", "ws"));
+    let mut resumed = sim.open_stream(&stream_url, &stream.call_sid, parameters).await.unwrap();
+    let first = next_twilio_media(&mut resumed).await;
+    let from = (0..IVR_PROMPT_FRAMES).find(|&i| ivr_prompt_frame(i) == first).expect("a prompt frame");
+    println!(
+        "twilio ivr failover: {received} frames sent, {durable} durably played, resumed at frame {from}"
+    );
+    assert!(
+        (durable as usize..=received).contains(&from),
+        "resumed at frame {from}: not before the durable played position {durable}, not after the {received} frames sent"
+    );
+    for k in from + 1..IVR_PROMPT_FRAMES {
+        let audio = next_twilio_media(&mut resumed).await;
+        assert!(audio == ivr_prompt_frame(k), "frame {k} follows in order");
+    }
+    let events = events_of(&fleet.api(1), &call_id).await;
+    assert!(events.iter().any(|e| e["type"] == "resumed" && e["transport"] == "twilio"), "{events:?}");
+    resumed.stop().await.unwrap();
+    drop(fleet.redis);
+}
+
+/// Workers whose configurations differ: one without the call's IVR definition refuses to
+/// create such a call (400) and to take one over (close 4503, before the epoch moves, so
+/// the call stays as it was), and a worker that has the definition takes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_without_the_ivr_definition_refuses_the_takeover() {
+    let defs = IvrDefinitions::write("missing");
+    let mut fleet = Fleet::start("ivrmissing", 1, &[("CALLWORKER_IVR__DIR", defs.dir())]).await;
+    let plain = Worker::start(fleet_options("ivrmissing-plain", &fleet.redis, &[])).await.unwrap();
+    fleet.workers.push(plain);
+    let url = |i: usize| format!("ws://127.0.0.1:{}/v1/media", fleet.workers[i].port);
+    let err = fleet.api(1).create_call(&json!({ "program": ivr_definition_program() })).await.unwrap_err();
+    assert!(err.to_string().contains("400: unknown_ivr_definition"), "{err}");
+
+    let created = fleet.api(0).create_call(&json!({ "program": ivr_definition_program() })).await.unwrap();
+    let refused = ResilientCall::connect(
+        vec![url(1)],
+        created.call_id(),
+        &created.resume_token,
+        PCMU_8K,
+        ResilientConfig { reconnect: quick_give_up(), ..ResilientConfig::default() },
+    )
+    .await
+    .expect_err("a worker without the definition does not take the call");
+    assert!(refused.to_string().contains("ivr_definition_missing"), "{refused}");
+    let refusals =
+        metric(&fleet.api(1), "callworker_takeovers_refused_total", &[("reason", "ivr_definition_missing")])
+            .await;
+    assert!(refusals >= 1.0, "counted: {refusals}");
+    let view = fleet.api(0).get_call(created.call_id()).await.unwrap();
+    assert_eq!((view["status"].as_str(), view["epoch"].as_u64()), (Some("created"), Some(0)), "{view}");
+
+    let (call, mut events) = connect(vec![url(0)], &created).await;
+    let frames = audio_frames(&mut events, 3).await;
+    for (i, (_, payload)) in frames.iter().enumerate() {
+        assert!(*payload == ivr_prompt_frame(i), "the prompt plays on the worker that has it");
+    }
+    assert_eq!(call.hangup().await, EndCause::HungUp);
 }
 
 on_both_backends!(

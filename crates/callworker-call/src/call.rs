@@ -311,6 +311,34 @@ impl Call {
         Some(deadline)
     }
 
+    /// Binds a call loaded from a checkpoint to this worker's IVR definitions: a call running
+    /// a named definition gets its recorded prompts from `definitions`. When this worker's
+    /// copy differs from the one the call started with, the call continues in the new one
+    /// (same menu if it still exists, prompt from its start) and the timeline says so.
+    /// `Err(name)` when this worker has no definition of that name: the session must not
+    /// take the call over (another worker may have it).
+    pub fn bind_ivr(
+        &mut self,
+        now: UnixMillis,
+        definitions: &std::collections::BTreeMap<String, crate::program::IvrParams>,
+    ) -> Result<(), String> {
+        let ProgramState::Ivr(state) = &mut self.program else { return Ok(()) };
+        let Some(wanted) = state.params.definition.clone() else { return Ok(()) };
+        let Some(found) = definitions.get(&wanted.name) else { return Err(wanted.name) };
+        if let crate::program::BindOutcome::Changed { name } = state.bind(found) {
+            self.timeline.push(now, EventKind::IvrDefinitionChanged { definition: name });
+        }
+        Ok(())
+    }
+
+    /// The client already holds server audio numbered up to `upto_seq`, sent by a session
+    /// whose last checkpoint did not cover it: new audio is numbered after it, so the
+    /// client, which drops numbers it has already seen, plays the regenerated frames. Call
+    /// it after the attach (whose rewind counts from the checkpoint's own numbering).
+    pub fn skip_outbound_seq_past(&mut self, upto_seq: u64) {
+        self.media.outbound_next_seq = self.media.outbound_next_seq.max(upto_seq.saturating_add(1));
+    }
+
     /// Name of the running program (`"echo"`, `"tone"`).
     pub fn program_name(&self) -> &'static str {
         self.program.name()
@@ -343,7 +371,7 @@ impl Call {
         if resume.is_some() {
             let unplayed =
                 self.media.outbound_next_seq.saturating_sub(1).saturating_sub(self.media.outbound_played_seq);
-            self.program.rewind(unplayed);
+            self.program.rewind(unplayed, self.audio);
         }
         self.program.attach(now);
         if let Some(overlay) = &mut self.overlay {
@@ -383,9 +411,9 @@ impl Call {
         if self.mute.inbound {
             // The program hears silence of the same length, so its timing is unchanged.
             let silence = vec![silence_byte(self.audio.encoding); payload.len()];
-            self.program.audio(now, &silence, &self.limits, &mut fx);
+            self.program.audio(now, &silence, &self.limits, self.audio, &mut fx);
         } else {
-            self.program.audio(now, payload, &self.limits, &mut fx);
+            self.program.audio(now, payload, &self.limits, self.audio, &mut fx);
         }
         self.apply_program_effects(now, fx, out);
     }
@@ -400,7 +428,7 @@ impl Call {
         out.push(Output::Notify { name: "dtmf_received", detail: Some(digit.to_string()) });
         out.push(Output::Checkpoint);
         let mut fx = Effects::default();
-        self.program.dtmf(now, digit, &mut fx);
+        self.program.dtmf(now, digit, self.audio, &mut fx);
         self.apply_program_effects(now, fx, out);
     }
 
@@ -414,7 +442,7 @@ impl Call {
             }
             self.timeline.push(now, EventKind::DtmfInjected { digit });
             let mut fx = Effects::default();
-            self.program.dtmf(now, digit, &mut fx);
+            self.program.dtmf(now, digit, self.audio, &mut fx);
             self.apply_program_effects(now, fx, out);
         }
         out.push(Output::Checkpoint);
@@ -521,6 +549,23 @@ impl Call {
             let kind = match event {
                 ProgramEvent::MenuEntered { menu } => EventKind::MenuEntered { menu },
                 ProgramEvent::DigitsCollected { menu, digits } => EventKind::DigitsCollected { menu, digits },
+                ProgramEvent::DtmfDetected { digit } => {
+                    out.push(Output::Notify { name: "dtmf_detected", detail: Some(digit.to_string()) });
+                    EventKind::DtmfDetected { digit }
+                }
+                ProgramEvent::BargeIn { menu, by, prompt_frames_sent } => {
+                    // What the caller heard of the prompt: the frames sent, less those sent
+                    // after the last position the client reported as played (now cleared).
+                    let played_upto_seq = self.media.outbound_played_seq;
+                    let unplayed =
+                        self.media.outbound_next_seq.saturating_sub(1).saturating_sub(played_upto_seq);
+                    let prompt_frames_heard = prompt_frames_sent.saturating_sub(unplayed);
+                    out.push(Output::Notify {
+                        name: "barge_in",
+                        detail: Some(prompt_frames_heard.to_string()),
+                    });
+                    EventKind::BargeIn { menu, by: by.to_owned(), played_upto_seq, prompt_frames_heard }
+                }
             };
             self.timeline.push(now, kind);
         }

@@ -1,7 +1,15 @@
 //! Signal helpers for programs and tests: a phase-continuous tone generator whose state is
 //! serializable, and a Goertzel detector for measuring tone energy.
+//!
+//! - [`dtmf`]: in-band DTMF detection on the caller's audio.
+//! - [`vad`]: energy-based voice activity detection (barge-in).
+//! - [`resample`]: windowed-sinc resampling of prompt audio, at load time.
 
 use serde::{Deserialize, Serialize};
+
+pub mod dtmf;
+pub mod resample;
+pub mod vad;
 
 /// Peak amplitude of a generated tone: about -10 dBFS (32767 × 10^(-10/20)). Loud enough to
 /// hear and detect, quiet enough that G.711 never clips and two summed tones stay in range.

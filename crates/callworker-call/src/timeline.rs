@@ -58,6 +58,24 @@ pub enum EventKind {
     DtmfInjected {
         digit: char,
     },
+    /// A DTMF digit detected in the caller's audio (in-band); signalled digits are `dtmf`.
+    DtmfDetected {
+        digit: char,
+    },
+    /// The caller interrupted an IVR prompt, `by` `speech` or `dtmf`. The caller had heard
+    /// `prompt_frames_heard` frames of it: those sent up to `played_upto_seq`, the last
+    /// outbound audio the client reported as played.
+    BargeIn {
+        menu: String,
+        by: String,
+        played_upto_seq: u64,
+        prompt_frames_heard: u64,
+    },
+    /// The call resumed on a worker whose copy of its IVR definition differs from the one
+    /// it started with; it continues in the new one, from the start of the menu's prompt.
+    IvrDefinitionChanged {
+        definition: String,
+    },
 }
 
 impl EventKind {
@@ -75,6 +93,9 @@ impl EventKind {
             EventKind::MenuEntered { .. } => "menu_entered",
             EventKind::DigitsCollected { .. } => "digits_collected",
             EventKind::DtmfInjected { .. } => "dtmf",
+            EventKind::DtmfDetected { .. } => "dtmf_detected",
+            EventKind::BargeIn { .. } => "barge_in",
+            EventKind::IvrDefinitionChanged { .. } => "ivr_definition_changed",
         }
     }
 }
@@ -122,6 +143,18 @@ enum EventKindJson {
     DtmfInjected {
         digit: char,
     },
+    DtmfDetected {
+        digit: char,
+    },
+    BargeIn {
+        menu: String,
+        by: String,
+        played_upto_seq: u64,
+        prompt_frames_heard: u64,
+    },
+    IvrDefinitionChanged {
+        definition: String,
+    },
 }
 
 /// The JSON fields of an injected digit: the digit and where it came from.
@@ -150,6 +183,9 @@ enum EventKindBinary {
     MenuEntered { menu: String },
     DigitsCollected { menu: String, digits: String },
     DtmfInjected { digit: char },
+    DtmfDetected { digit: char },
+    BargeIn { menu: String, by: String, played_upto_seq: u64, prompt_frames_heard: u64 },
+    IvrDefinitionChanged { definition: String },
 }
 
 impl Serialize for EventKind {
@@ -329,6 +365,20 @@ mod tests {
             (
                 EventKind::Ended { reason: EndReason::MaxDuration },
                 json!({"at": 7, "type": "ended", "reason": "max_duration"}),
+            ),
+            (EventKind::DtmfDetected { digit: '5' }, json!({"at": 7, "type": "dtmf_detected", "digit": "5"})),
+            (
+                EventKind::BargeIn {
+                    menu: "main".into(),
+                    by: "speech".into(),
+                    played_upto_seq: 31,
+                    prompt_frames_heard: 30,
+                },
+                json!({"at": 7, "type": "barge_in", "menu": "main", "by": "speech", "played_upto_seq": 31, "prompt_frames_heard": 30}),
+            ),
+            (
+                EventKind::IvrDefinitionChanged { definition: "main-menu".into() },
+                json!({"at": 7, "type": "ivr_definition_changed", "definition": "main-menu"}),
             ),
         ];
         for (kind, expected) in cases {

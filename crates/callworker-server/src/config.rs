@@ -43,6 +43,24 @@ pub struct Config {
     pub profiling: ProfilingConfig,
     pub auth: AuthConfig,
     pub webhooks: WebhooksConfig,
+    pub ivr: IvrConfig,
+}
+
+/// Named IVR definitions (see `ivr_definitions.rs`).
+#[derive(Debug, Clone)]
+pub struct IvrConfig {
+    /// Directory of `<name>.toml` definitions (relative to the config directory); `None` =
+    /// no named definitions.
+    pub dir: Option<PathBuf>,
+    /// Most definition files; more is a configuration error.
+    pub definitions_max: usize,
+    /// Largest prompt (WAV) file, in bytes; a larger one is a configuration error.
+    pub prompt_file_bytes_max: u64,
+    /// Decoded prompt audio all definitions may hold in memory together (PCM at every call
+    /// rate), in bytes; more is a configuration error.
+    pub prompt_memory_bytes_max: usize,
+    /// The loaded definitions by name, with their prompts, shared by every call.
+    pub definitions: std::sync::Arc<std::collections::BTreeMap<String, callworker_call::program::IvrParams>>,
 }
 
 /// Webhooks: per-tenant targets and the delivery bounds (see `webhooks.rs`,
@@ -457,7 +475,7 @@ pub struct RedisConfig {
 #[error("invalid configuration: {0}")]
 pub struct ConfigError(String);
 
-fn invalid(msg: impl Into<String>) -> ConfigError {
+pub(crate) fn invalid(msg: impl Into<String>) -> ConfigError {
     ConfigError(msg.into())
 }
 
@@ -479,6 +497,7 @@ struct RawConfig {
     profiling: RawProfiling,
     auth: RawAuth,
     webhooks: RawWebhooks,
+    ivr: RawIvr,
 }
 
 #[derive(Debug, Deserialize)]
@@ -574,6 +593,15 @@ fn validate_webhook_targets(raw: Vec<RawWebhookTarget>) -> Result<Vec<WebhookTar
         targets.push(WebhookTarget { tenant, url: url.to_string(), events, secret });
     }
     Ok(targets)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIvr {
+    dir: String,
+    definitions_max: usize,
+    prompt_file_bytes_max: u64,
+    prompt_memory_bytes_max: usize,
 }
 
 #[derive(Debug, Deserialize)]
@@ -752,7 +780,21 @@ impl Config {
             set_path(&mut tree, &key, value);
         }
         let raw: RawConfig = Figment::from(Serialized::defaults(tree)).extract().map_err(describe)?;
-        validate(raw)
+        let mut config = validate(raw)?;
+        // Named IVR definitions are read last: they may refer to files next to the config.
+        if let Some(ivr_dir) = &config.ivr.dir
+            && ivr_dir.is_relative()
+        {
+            config.ivr.dir = Some(dir.join(ivr_dir));
+        }
+        config.ivr.definitions = std::sync::Arc::new(crate::ivr_definitions::load(&config.ivr)?);
+        config
+            .calls
+            .default_program
+            .resolve_ivr(&config.ivr.definitions)
+            .and_then(|()| config.calls.default_program.validate())
+            .map_err(|e| invalid(format!("calls.default_program: {e}")))?;
+        Ok(config)
     }
 }
 
@@ -929,7 +971,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
 
     let c = raw.calls;
-    c.default_program.validate().map_err(|e| invalid(format!("calls.default_program: {e}")))?;
+    // A named IVR definition is resolved (and the program validated) once the definitions
+    // are loaded, in `Config::load`.
+    if !matches!(&c.default_program, ProgramSpec::Ivr(p) if p.is_unresolved()) {
+        c.default_program.validate().map_err(|e| invalid(format!("calls.default_program: {e}")))?;
+    }
     let calls = CallsConfig {
         default_program: c.default_program,
         default_tenant: TenantId::parse(&c.default_tenant)
@@ -1125,7 +1171,21 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         return Err(invalid("webhooks.backoff_max_ms must not be below webhooks.backoff_base_ms"));
     }
 
+    let i = raw.ivr;
+    let ivr = IvrConfig {
+        dir: (!i.dir.is_empty()).then(|| PathBuf::from(&i.dir)),
+        definitions_max: range("ivr.definitions_max", i.definitions_max, 1, 1_000)?,
+        prompt_file_bytes_max: range("ivr.prompt_file_bytes_max", i.prompt_file_bytes_max, 1_024, 1 << 30)?,
+        prompt_memory_bytes_max: range(
+            "ivr.prompt_memory_bytes_max",
+            i.prompt_memory_bytes_max,
+            1_024,
+            4 << 30,
+        )?,
+        definitions: Default::default(),
+    };
     Ok(Config {
+        ivr,
         server,
         log,
         limits,

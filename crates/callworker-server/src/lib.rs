@@ -40,6 +40,7 @@ pub mod forward;
 pub mod fuzzing;
 pub mod governor;
 pub mod http;
+pub mod ivr_definitions;
 pub mod live;
 pub mod metrics;
 pub mod profiling;

@@ -109,6 +109,10 @@ pub const ALLOCATOR_PURGED_BYTES: &str = "callworker_allocator_purged_bytes_tota
 pub const CALL_ACCOUNT_BYTES: &str = "callworker_call_account_bytes";
 /// Samples the governor could not read.
 pub const GOVERNOR_READ_FAILURES: &str = "callworker_governor_read_failures_total";
+/// DTMF digits an IVR detected in the caller's audio (in-band), by transport.
+pub const IVR_DTMF_DETECTED: &str = "callworker_ivr_dtmf_detected_total";
+/// IVR prompts interrupted by the caller (voice or a digit), by transport.
+pub const IVR_BARGE_INS: &str = "callworker_ivr_barge_ins_total";
 
 /// Webhook events accepted by their receiver (2xx), by `type`.
 pub const WEBHOOKS_DELIVERED: &str = "callworker_webhooks_delivered_total";
@@ -158,6 +162,8 @@ fn describe() {
     describe_gauge!(CALLS_ACTIVE, "Calls carried by this worker right now (media session attached)");
     describe_counter!(CALLS_CREATED, "Calls created, by via (api, twilio)");
     describe_counter!(CALLS_ATTACHED, "Media sessions attached to a call, by transport and resumed");
+    describe_counter!(IVR_DTMF_DETECTED, "DTMF digits detected in callers' audio by IVRs, by transport");
+    describe_counter!(IVR_BARGE_INS, "IVR prompts interrupted by the caller (voice or digit), by transport");
     describe_counter!(CALLS_ENDED, "Calls ended, by end reason");
     describe_gauge!(WS_SESSIONS, "Open WebSocket media sessions, by transport");
     describe_counter!(WS_CLOSED, "WebSocket media sessions closed, by transport and close code");

@@ -24,7 +24,10 @@ use crate::end::EndReason;
 use crate::time::UnixMillis;
 
 pub use echo::{EchoParams, EchoState};
-pub use ivr::{IvrChoice, IvrCollect, IvrMenu, IvrParams, IvrState};
+pub use ivr::{
+    BindOutcome, Clip, IvrBargeIn, IvrChoice, IvrClips, IvrCollect, IvrDefinitionRef, IvrMenu, IvrParams,
+    IvrState, PromptSegment,
+};
 pub use overlay::Overlay;
 pub use tone::{ToneParams, ToneSegment, ToneState};
 
@@ -136,6 +139,25 @@ impl ProgramSpec {
             ProgramSpec::Ivr(p) => p.validate(),
         }
     }
+
+    /// Replaces a reference to a named IVR definition (`{"definition": "main-menu"}`) with
+    /// the definition itself, from `definitions` (this worker's configuration). Any other
+    /// program is left as it is.
+    pub fn resolve_ivr(
+        &mut self,
+        definitions: &std::collections::BTreeMap<String, IvrParams>,
+    ) -> Result<(), SpecError> {
+        if let ProgramSpec::Ivr(p) = self
+            && let Some(d) = &p.definition
+            && p.is_unresolved()
+        {
+            match definitions.get(&d.name) {
+                Some(found) => *p = found.clone(),
+                None => return Err(invalid("definition", format!("no IVR definition named {:?}", d.name))),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Checks a tone pattern (a tone program's segments, an IVR prompt): 1 to
@@ -179,14 +201,14 @@ fn at_index(e: SpecError, i: usize) -> SpecError {
     }
 }
 
-fn validate_duration_ms(field: &'static str, duration_ms: u32) -> Result<(), SpecError> {
+pub(crate) fn validate_duration_ms(field: &'static str, duration_ms: u32) -> Result<(), SpecError> {
     if !(TONE_MS_MIN..=TONE_MS_MAX).contains(&duration_ms) {
         return Err(invalid(field, format!("{duration_ms} ms is outside {TONE_MS_MIN}..={TONE_MS_MAX} ms")));
     }
     Ok(())
 }
 
-fn validate_freqs_hz(field: &'static str, freqs_hz: &[u32]) -> Result<(), SpecError> {
+pub(crate) fn validate_freqs_hz(field: &'static str, freqs_hz: &[u32]) -> Result<(), SpecError> {
     if freqs_hz.len() > dsp::TONE_FREQS_MAX {
         return Err(invalid(
             field,
@@ -246,11 +268,11 @@ impl ProgramState {
     /// `frames` frames already sent were never played (the session carrying them died):
     /// programs that generate their audio step back to play them again. Echo cannot
     /// regenerate the caller's audio and does nothing.
-    pub(crate) fn rewind(&mut self, frames: u64) {
+    pub(crate) fn rewind(&mut self, frames: u64, audio: AudioFormat) {
         match self {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.rewind(frames),
-            ProgramState::Ivr(s) => s.rewind(frames),
+            ProgramState::Ivr(s) => s.rewind(frames, audio),
         }
     }
 
@@ -263,20 +285,28 @@ impl ProgramState {
         }
     }
 
-    /// Caller audio (already deduplicated by the call).
-    pub(crate) fn audio(&mut self, now: UnixMillis, payload: &[u8], limits: &CallLimits, fx: &mut Effects) {
+    /// Caller audio (already deduplicated by the call), in the call's format `audio`.
+    pub(crate) fn audio(
+        &mut self,
+        now: UnixMillis,
+        payload: &[u8],
+        limits: &CallLimits,
+        audio: AudioFormat,
+        fx: &mut Effects,
+    ) {
         match self {
             ProgramState::Echo(s) => s.audio(now, payload, limits, fx),
-            ProgramState::Tone(_) | ProgramState::Ivr(_) => {}
+            ProgramState::Ivr(s) => s.audio(now, payload, audio, fx),
+            ProgramState::Tone(_) => {}
         }
     }
 
-    /// A valid DTMF digit.
-    pub(crate) fn dtmf(&mut self, now: UnixMillis, digit: char, fx: &mut Effects) {
+    /// A valid, signalled DTMF digit.
+    pub(crate) fn dtmf(&mut self, now: UnixMillis, digit: char, audio: AudioFormat, fx: &mut Effects) {
         match self {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.dtmf(digit, fx),
-            ProgramState::Ivr(s) => s.dtmf(now, digit, fx),
+            ProgramState::Ivr(s) => s.dtmf(now, digit, audio, fx),
         }
     }
 
@@ -342,6 +372,11 @@ pub(crate) enum ProgramEvent {
     MenuEntered { menu: String },
     /// An IVR menu finished collecting digits.
     DigitsCollected { menu: String, digits: String },
+    /// A DTMF digit detected in the caller's audio (in-band).
+    DtmfDetected { digit: char },
+    /// The caller interrupted an IVR prompt (`by` "speech" or "dtmf") after
+    /// `prompt_frames_sent` of its frames had been sent.
+    BargeIn { menu: String, by: &'static str, prompt_frames_sent: u64 },
 }
 
 /// A [`FRAME_MS`] frame clock that runs only while a session is attached.

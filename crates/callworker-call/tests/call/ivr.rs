@@ -103,3 +103,61 @@ fn an_unanswered_menu_ends_the_call_completed_after_its_retries() {
     assert!(out.contains(&Output::End(callworker_call::EndReason::Completed)), "ended");
     assert_eq!(audio_of(&out).len(), 60, "the prompt played three times");
 }
+
+/// The resumed prompt is the same audio, byte for byte, from the first frame the caller
+/// did not hear; frames numbered after those the client already holds.
+#[test]
+fn a_resumed_prompt_sends_exactly_the_unheard_frames_again() {
+    let mut call = attached(ivr(), PCMU_8K);
+    let sent = audio_of(&run_frames(&mut call, 0, 200));
+    step(&mut call, at(200), Input::Played { upto_seq: 4 });
+    let mut resumed = checkpoint::decode(&checkpoint::encode(&call)).unwrap();
+    let resume = Resume { cause: ResumeCause::WorkerLost, gap_ms: 100 };
+    step(&mut resumed, at(1_000), Input::Attached { transport: Transport::Native, resume: Some(resume) });
+    // The client had received 15 frames from the dead worker (5 more than the checkpoint).
+    resumed.skip_outbound_seq_past(15);
+    let again = audio_of(&run_frames(&mut resumed, 1_000, 1_120));
+    assert_eq!(again[0].0, 16, "numbered after what the client holds");
+    let payloads: Vec<&Vec<u8>> = again.iter().map(|(_, p)| p).collect();
+    let expected: Vec<&Vec<u8>> = sent[4..10].iter().map(|(_, p)| p).collect();
+    assert_eq!(payloads, expected, "prompt frames 4..10 again, byte for byte");
+}
+
+/// A digit detected in the caller's audio is recorded and navigates; voice is ignored in a
+/// menu without barge-in; a barge-in records what the caller had heard.
+#[test]
+fn in_band_digits_and_barge_in_reach_the_timeline() {
+    use callworker_call::dsp::{ToneGenerator, dtmf_freqs_hz};
+    let mut call = attached(ivr(), PCMU_8K);
+    run_frames(&mut call, 0, 200);
+    step(&mut call, at(200), Input::Played { upto_seq: 7 });
+    let (low, high) = dtmf_freqs_hz('1').unwrap();
+    let mut out = Vec::new();
+    for i in 0..8u64 {
+        let mut pcm = Vec::new();
+        if i < 5 {
+            let mut g = ToneGenerator::new();
+            g.skip(&[low, high], 8_000, i * 160);
+            g.fill(&[low, high], 8_000, 160, &mut pcm);
+        } else {
+            pcm.resize(160, 0);
+        }
+        let mut payload = Vec::new();
+        callworker_protocol::codec::encode(callworker_protocol::Encoding::Pcmu, &pcm, &mut payload);
+        out.extend(step(&mut call, at(200 + 20 * i), Input::Audio { seq: i + 1, payload: &payload }));
+    }
+    assert!(out.contains(&Output::Clear), "{out:?}");
+    assert!(out.contains(&Output::Notify { name: "dtmf_detected", detail: Some("1".into()) }));
+    let kinds = events(&call);
+    assert!(kinds.contains(&EventKind::DtmfDetected { digit: '1' }), "{kinds:?}");
+    assert!(
+        kinds.contains(&EventKind::BargeIn {
+            menu: "main".into(),
+            by: "dtmf".into(),
+            played_upto_seq: 7,
+            prompt_frames_heard: 7,
+        }),
+        "10 frames sent, 7 heard: {kinds:?}"
+    );
+    assert_eq!(menu(&call).0, "pin");
+}

@@ -65,7 +65,7 @@ pub async fn apply(
     state: &AppState,
     origin: ActionOrigin,
     id: CallId,
-    action: Action,
+    mut action: Action,
     body: Bytes,
 ) -> Result<Response, Error> {
     let (caller, forwarded) = match origin {
@@ -74,6 +74,11 @@ pub async fn apply(
     };
     let record = state.store.get(&id).await?;
     caller.authorize(&record.tenant)?;
+    if let Action::SwitchProgram { program } = &mut action {
+        program
+            .resolve_ivr(&state.config.ivr.definitions)
+            .map_err(|e| Error::new(ErrorKind::InvalidRequest, "unknown_ivr_definition", e.to_string()))?;
+    }
     action.validate().map_err(|e| invalid_action(&e))?;
     if let Some(reason) = record.end_reason {
         return Err(StoreError::Ended { reason }.into());

@@ -75,7 +75,7 @@ fn parse_call_id(id: &str) -> Result<CallId, Error> {
     security(("bearer" = [])),
     responses(
         (status = 201, description = "Created; connect media to `media_url`", body = CreatedCallDoc),
-        (status = 400, description = "Invalid program, tenant, party, audio or duration", body = ErrorBody),
+        (status = 400, description = "Invalid program (`invalid_program`; `unknown_ivr_definition` for an IVR definition this worker does not have), tenant, party, audio or duration", body = ErrorBody),
         (status = 403, description = "The body names another tenant than the key's (`tenant_mismatch`)", body = ErrorBody),
         (status = 429, description = "Rate limited, or the tenant has too many live calls (`tenant_calls_limit`)", body = ErrorBody),
         AuthErrors,
@@ -88,6 +88,10 @@ pub async fn create_call(
     ApiJson(req): ApiJson<CreateCall>,
 ) -> Result<Response, Error> {
     state.admission.admit_call()?;
+    let mut req = req;
+    req.program
+        .resolve_ivr(&state.config.ivr.definitions)
+        .map_err(|e| invalid("unknown_ivr_definition", e.to_string()))?;
     req.program.validate().map_err(|e| invalid("invalid_program", e.to_string()))?;
     let named = req
         .tenant
@@ -386,7 +390,7 @@ pub async fn end_call(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Applied; the call after it", body = crate::calls::CallView),
-        (status = 400, description = "Invalid action (`invalid_action`, `invalid_json`, `invalid_body`)", body = ErrorBody),
+        (status = 400, description = "Invalid action (`invalid_action`, `unknown_ivr_definition`, `invalid_json`, `invalid_body`)", body = ErrorBody),
         (status = 404, description = "No such call (`call_not_found`), or another tenant's", body = ErrorBody),
         (status = 403, description = "A forged or stale forwarding header (`forward_signature_invalid`)", body = ErrorBody),
         (status = 409, description = "The call has ended (`call_ended`), no media session drives it anywhere (`call_not_attached`, with `Retry-After`), it moved while the action was forwarded (`call_owner_moved`, retry), or a transfer is not possible (`transfer_unavailable`)", body = ErrorBody),

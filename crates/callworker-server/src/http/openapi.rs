@@ -237,7 +237,8 @@ pub struct CreateCallDoc {
     record: Option<RecordingDoc>,
 }
 
-/// A call program: `{"name": "echo", "params": {…}}` or `{"name": "tone", "params": {…}}`.
+/// A call program: `{"name": "echo", "params": {…}}`, `{"name": "tone", "params": {…}}` or
+/// `{"name": "ivr", "params": {…}}`.
 #[derive(Debug, ToSchema)]
 #[schema(as = ProgramSpec)]
 #[allow(dead_code)]
@@ -245,6 +246,26 @@ pub struct CreateCallDoc {
 pub enum ProgramSpecDoc {
     Echo(EchoParamsDoc),
     Tone(ToneParamsDoc),
+    Ivr(IvrParamsDoc),
+}
+
+/// IVR: inline menus (`start` and `menus`), or a named definition from the worker's
+/// `ivr.dir` (`definition` alone; 400 `unknown_ivr_definition` when the worker has none of
+/// that name). Menus are described in docs/api.md ("ivr").
+#[derive(Debug, ToSchema)]
+#[schema(as = IvrParams)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct IvrParamsDoc {
+    /// A named definition (alone).
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    definition: Option<String>,
+    /// The menu the call starts in (with `menus`).
+    start: Option<String>,
+    /// Menus by id (with `start`): prompt, options or collect, timeout, retries,
+    /// on_failure, barge_in.
+    #[schema(value_type = Option<Object>)]
+    menus: Option<serde_json::Value>,
 }
 
 /// Echo plays the caller's audio back.

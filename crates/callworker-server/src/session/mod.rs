@@ -307,7 +307,10 @@ async fn take_over(
     }
     if let Some(cp) = &record.checkpoint {
         match envelope::decode(&cp.blob) {
-            Ok(call) => check(&call)?,
+            Ok(call) => {
+                check(&call)?;
+                ivr_definition_known(state, &call)?;
+            }
             Err(envelope::CheckpointError::TooNew { found, max }) => return Err(too_new(found, max)),
             Err(_) => {} // ended as corrupt once we own it, below
         }
@@ -322,10 +325,38 @@ async fn take_over(
         return Err(end_unreadable(state, &record.call_id, epoch, "the call has no checkpoint").await);
     };
     match envelope::decode(&cp.blob) {
-        Ok(call) => Ok((call, epoch, cp.seq)),
+        Ok(mut call) => {
+            // A named IVR gets its prompts from this worker's definitions (the checkpoint
+            // holds only the definition's name and hash).
+            call.bind_ivr(now(), &state.config.ivr.definitions)
+                .map_err(|name| ivr_definition_missing(&name))?;
+            Ok((call, epoch, cp.seq))
+        }
         Err(envelope::CheckpointError::TooNew { found, max }) => Err(too_new(found, max)),
         Err(e) => Err(end_unreadable(state, &record.call_id, epoch, &e.to_string()).await),
     }
+}
+
+/// Refuses a takeover, before the epoch moves, when the call runs a named IVR definition
+/// this worker does not have (its configuration differs from the worker that started the
+/// call): another worker may have it. A definition that exists but changed is handled when
+/// the call is bound (`Call::bind_ivr`).
+fn ivr_definition_known(state: &AppState, call: &Call) -> Result<(), Error> {
+    if let callworker_call::ProgramState::Ivr(s) = &call.program
+        && let Some(d) = &s.params.definition
+        && !state.config.ivr.definitions.contains_key(&d.name)
+    {
+        return Err(ivr_definition_missing(&d.name));
+    }
+    Ok(())
+}
+
+fn ivr_definition_missing(name: &str) -> Error {
+    Error::new(
+        ErrorKind::Overloaded,
+        "ivr_definition_missing",
+        format!("this worker has no IVR definition {name:?}; reconnect to another worker"),
+    )
 }
 
 fn too_new(found: u16, max: u16) -> Error {
@@ -478,6 +509,11 @@ impl Driver {
         metrics::counter!(m::CALLS_ATTACHED, "transport" => self.transport.as_str(), "resumed" => if resume.is_some() { "true" } else { "false" }).increment(1);
         info!(call_id = %self.call_id, epoch = %self.epoch, transport = self.transport.as_str(), resumed = resume.is_some(), "call attached");
         self.call.handle(now, Input::Attached { transport: self.transport, resume }, &mut self.outputs);
+        if let Wire::Native(w) = &self.wire {
+            // Frames a dead session sent after its last checkpoint are numbers the client
+            // has seen (and would drop): regenerated audio is numbered after them.
+            self.call.skip_outbound_seq_past(w.last_server_seq_rx);
+        }
         let greeting = match &mut self.wire {
             Wire::Native(w) => Some(w.welcome(&self.state, &self.call, self.epoch, now, resume.is_some())),
             Wire::Twilio(_) => None,
@@ -741,7 +777,7 @@ impl Driver {
                 }
                 Output::Clear => {
                     self.out.clear_audio();
-                    let msg = match &self.wire {
+                    let msg = match &mut self.wire {
                         Wire::Native(w) => Some(w.clear()),
                         Wire::Twilio(w) => Some(w.clear()),
                     };
@@ -750,6 +786,17 @@ impl Driver {
                     }
                 }
                 Output::Notify { name, detail } => {
+                    match name {
+                        "dtmf_detected" => {
+                            metrics::counter!(m::IVR_DTMF_DETECTED, "transport" => self.transport.as_str())
+                                .increment(1)
+                        }
+                        "barge_in" => {
+                            metrics::counter!(m::IVR_BARGE_INS, "transport" => self.transport.as_str())
+                                .increment(1)
+                        }
+                        _ => {}
+                    }
                     if let Wire::Native(w) = &self.wire {
                         push_control(&self.out, self.transport, w.event(name, detail));
                     }

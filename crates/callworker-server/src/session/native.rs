@@ -20,6 +20,8 @@ use crate::state::{AppState, now};
 pub struct NativeWire {
     audio: AudioFormat,
     message_bytes_max: usize,
+    /// `hello.last_server_seq_rx`: the highest server frame number the client has seen.
+    pub last_server_seq_rx: u64,
 }
 
 fn native_error(e: NativeError) -> Error {
@@ -93,7 +95,11 @@ pub async fn handshake(
         epoch,
         checkpoint_seq,
         previous_write: Some(record.updated_at),
-        wire: Wire::Native(NativeWire { audio: hello.audio, message_bytes_max: max }),
+        wire: Wire::Native(NativeWire {
+            audio: hello.audio,
+            message_bytes_max: max,
+            last_server_seq_rx: hello.last_server_seq_rx,
+        }),
     })
 }
 

@@ -36,6 +36,13 @@ pub struct TwilioWire {
     stream_sid: String,
     sequence: SequenceTracker,
     frames_since_mark: u32,
+    /// The last outbound frame sent on this stream.
+    last_seq: u64,
+    /// Marks for frames up to this one that arrive after a `clear` are ignored: Twilio
+    /// answers the marks of cleared audio at once, although that audio never played.
+    /// (A mark of audio that did play but whose echo crossed the `clear` is ignored too:
+    /// the played position errs towards "not heard".)
+    cleared_upto_seq: u64,
     limits: callworker_protocol::twilio::Limits,
     /// Reused for encoding outbound JSON.
     buf: String,
@@ -175,6 +182,8 @@ pub async fn handshake(
             stream_sid: start.stream_sid,
             sequence,
             frames_since_mark: 0,
+            last_seq: 0,
+            cleared_upto_seq: 0,
             limits,
             buf: String::with_capacity(512),
         }),
@@ -224,9 +233,11 @@ impl TwilioWire {
             FromTwilio::Media(_) => Decoded::Nothing,
             FromTwilio::Dtmf(d) => Decoded::Input(Input::Dtmf { digit: d.digit }),
             FromTwilio::Mark(mark) => {
-                match mark.name.strip_prefix(MARK_PREFIX).and_then(|s| s.parse().ok()) {
-                    Some(upto_seq) => Decoded::Input(Input::Played { upto_seq }),
-                    None => Decoded::Nothing,
+                match mark.name.strip_prefix(MARK_PREFIX).and_then(|s| s.parse::<u64>().ok()) {
+                    Some(upto_seq) if upto_seq > self.cleared_upto_seq => {
+                        Decoded::Input(Input::Played { upto_seq })
+                    }
+                    Some(_) | None => Decoded::Nothing,
                 }
             }
             FromTwilio::Stop(_) => Decoded::Input(Input::End(EndReason::RemoteHangup)),
@@ -251,6 +262,7 @@ impl TwilioWire {
 
     /// A mark after the frame `seq` when `interval` frames have gone out since the last.
     pub fn mark_after(&mut self, seq: u64, interval: u32) -> Option<Message> {
+        self.last_seq = seq;
         self.frames_since_mark += 1;
         if self.frames_since_mark < interval {
             return None;
@@ -260,7 +272,9 @@ impl TwilioWire {
         Some(self.encode(&msg))
     }
 
-    pub fn clear(&self) -> Message {
+    /// `clear`; the marks of the audio it discards will not count as played.
+    pub fn clear(&mut self) -> Message {
+        self.cleared_upto_seq = self.last_seq;
         let mut buf = String::new();
         encode_to_twilio(&ToTwilio::Clear { stream_sid: self.stream_sid.clone() }, &mut buf);
         Message::Text(buf.into())
