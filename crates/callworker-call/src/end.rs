@@ -34,10 +34,16 @@ pub enum EndReason {
     DrainTimeout,
     /// Anything else; always logged with detail.
     InternalError,
+    /// The voice agent handed the caller to another party (`transfer`); the target is in
+    /// the timeline.
+    Transferred,
+    /// The voice agent could not be reached (reconnect attempts spent) and the call had no
+    /// fallback program.
+    AgentUnavailable,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 13] = [
+    pub const ALL: [EndReason; 15] = [
         EndReason::Completed,
         EndReason::ClientHangup,
         EndReason::RemoteHangup,
@@ -51,6 +57,8 @@ impl EndReason {
         EndReason::ShedMemory,
         EndReason::DrainTimeout,
         EndReason::InternalError,
+        EndReason::Transferred,
+        EndReason::AgentUnavailable,
     ];
 
     /// The snake_case name used on the wire, in metrics and in the API.
@@ -69,6 +77,8 @@ impl EndReason {
             EndReason::ShedMemory => "shed_memory",
             EndReason::DrainTimeout => "drain_timeout",
             EndReason::InternalError => "internal_error",
+            EndReason::Transferred => "transferred",
+            EndReason::AgentUnavailable => "agent_unavailable",
         }
     }
 
@@ -87,6 +97,7 @@ impl EndReason {
                 | EndReason::RemoteHangup
                 | EndReason::ApiEnded
                 | EndReason::MaxDuration
+                | EndReason::Transferred
         )
     }
 }

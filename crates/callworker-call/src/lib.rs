@@ -13,8 +13,8 @@
 //! - [`end`]: [`EndReason`] (DESIGN.md §4) and [`ResumeCause`].
 //! - [`call`]: [`Call`], [`CallSpec`], [`Input`], [`Output`], media positions, limits.
 //! - [`timeline`]: the bounded event timeline.
-//! - [`program`]: call programs (`echo`, `tone`), the `play_tone` [`Overlay`], and
-//!   [`Action`]s injected by the API.
+//! - [`program`]: call programs (`echo`, `tone`, `ivr`, `agent`), the `play_tone`
+//!   [`Overlay`], and [`Action`]s injected by the API.
 //! - [`dsp`]: tone generation and Goertzel tone detection.
 //! - [`checkpoint`]: the versioned checkpoint envelope around a postcard-encoded [`Call`].
 //! - `fuzzing` (feature `fuzzing`): the check the checkpoint fuzz target in `fuzz/` runs,

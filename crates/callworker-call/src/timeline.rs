@@ -53,6 +53,12 @@ pub enum EventKind {
         menu: String,
         digits: String,
     },
+    /// The agent leg (agent program): `connected`, `resumed`, `lost`, `failed` (with the
+    /// error code as detail), `transfer` (the target), `hangup` (the agent's reason).
+    Agent {
+        event: String,
+        detail: Option<String>,
+    },
 }
 
 impl EventKind {
@@ -69,6 +75,7 @@ impl EventKind {
             EventKind::Ended { .. } => "ended",
             EventKind::MenuEntered { .. } => "menu_entered",
             EventKind::DigitsCollected { .. } => "digits_collected",
+            EventKind::Agent { .. } => "agent",
         }
     }
 }
@@ -88,6 +95,7 @@ enum EventKindJson {
     Ended { reason: EndReason },
     MenuEntered { menu: String },
     DigitsCollected { menu: String, digits: String },
+    Agent { event: String, detail: Option<String> },
 }
 
 /// The binary (checkpoint) shape of [`EventKind`]: externally tagged, positional.
@@ -105,6 +113,7 @@ enum EventKindBinary {
     Ended { reason: EndReason },
     MenuEntered { menu: String },
     DigitsCollected { menu: String, digits: String },
+    Agent { event: String, detail: Option<String> },
 }
 
 impl Serialize for EventKind {

@@ -17,6 +17,9 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::Deserialize;
 
+pub mod agent;
+pub use agent::AgentConfig;
+
 /// Exit code for an invalid configuration (`EX_USAGE`/`EX_CONFIG` family: 64 = usage).
 pub const EXIT_CONFIG_INVALID: i32 = 64;
 
@@ -42,6 +45,7 @@ pub struct Config {
     pub governor: GovernorConfig,
     pub profiling: ProfilingConfig,
     pub auth: AuthConfig,
+    pub agent: AgentConfig,
 }
 
 /// Who may call the control API, and how much (see `auth.rs`).
@@ -399,6 +403,7 @@ struct RawConfig {
     governor: RawGovernor,
     profiling: RawProfiling,
     auth: RawAuth,
+    agent: agent::RawAgent,
 }
 
 #[derive(Debug, Deserialize)]
@@ -919,6 +924,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
 
     let profiling = ProfilingConfig { enabled: raw.profiling.enabled };
+    let agent = agent::validate(raw.agent)?;
 
     Ok(Config {
         server,
@@ -933,6 +939,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         governor,
         profiling,
         auth,
+        agent,
     })
 }
 

@@ -6,10 +6,12 @@
 //! - [`ivr`]: menus of prompts navigated with DTMF, digit collection, retries, and choices
 //!   that lead to other menus, other programs or a hang-up.
 //! - [`overlay`]: a tone injected by the `play_tone` action over the program's audio.
+//! - [`agent`]: a conversation with an external voice agent (the leg is the session's).
 //!
 //! Programs never see sequence numbers or the timeline: they produce frames and an optional
 //! end into [`Effects`], and the [`Call`](crate::Call) numbers, filters and records them.
 
+pub mod agent;
 pub mod echo;
 pub mod ivr;
 pub mod overlay;
@@ -23,6 +25,7 @@ use crate::dsp;
 use crate::end::EndReason;
 use crate::time::UnixMillis;
 
+pub use agent::{AgentInput, AgentParams, AgentState, Secret, Transcript, TranscriptEntry};
 pub use echo::{EchoParams, EchoState};
 pub use ivr::{IvrChoice, IvrCollect, IvrMenu, IvrParams, IvrState};
 pub use overlay::Overlay;
@@ -56,6 +59,7 @@ pub enum ProgramSpec {
     Echo(EchoParams),
     Tone(ToneParams),
     Ivr(IvrParams),
+    Agent(AgentParams),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -70,6 +74,7 @@ enum ProgramSpecJson {
     Echo(EchoParams),
     Tone(ToneParams),
     Ivr(IvrParams),
+    Agent(AgentParams),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -78,6 +83,7 @@ enum ProgramSpecBinary {
     Echo(EchoParams),
     Tone(ToneParams),
     Ivr(IvrParams),
+    Agent(AgentParams),
 }
 
 impl Serialize for ProgramSpec {
@@ -106,6 +112,7 @@ impl ProgramSpec {
             ProgramSpec::Echo(_) => "echo",
             ProgramSpec::Tone(_) => "tone",
             ProgramSpec::Ivr(_) => "ivr",
+            ProgramSpec::Agent(_) => "agent",
         }
     }
 
@@ -134,6 +141,7 @@ impl ProgramSpec {
                 Ok(())
             }
             ProgramSpec::Ivr(p) => p.validate(),
+            ProgramSpec::Agent(p) => p.validate(),
         }
     }
 }
@@ -214,6 +222,8 @@ pub enum ProgramState {
     Echo(EchoState),
     Tone(ToneState),
     Ivr(IvrState),
+    /// Boxed: the largest state by far (params, transcript, queues), and encoded the same.
+    Agent(Box<AgentState>),
 }
 
 impl ProgramState {
@@ -223,6 +233,7 @@ impl ProgramState {
             ProgramSpec::Echo(p) => ProgramState::Echo(EchoState::new(p.clone())),
             ProgramSpec::Tone(p) => ProgramState::Tone(ToneState::new(p.clone())),
             ProgramSpec::Ivr(p) => ProgramState::Ivr(IvrState::new(p.clone())),
+            ProgramSpec::Agent(p) => ProgramState::Agent(Box::new(AgentState::new(p.clone()))),
         }
     }
 
@@ -231,6 +242,7 @@ impl ProgramState {
             ProgramState::Echo(_) => "echo",
             ProgramState::Tone(_) => "tone",
             ProgramState::Ivr(_) => "ivr",
+            ProgramState::Agent(_) => "agent",
         }
     }
 
@@ -240,6 +252,7 @@ impl ProgramState {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.attach(now),
             ProgramState::Ivr(s) => s.attach(now),
+            ProgramState::Agent(s) => s.attach(now),
         }
     }
 
@@ -248,7 +261,9 @@ impl ProgramState {
     /// regenerate the caller's audio and does nothing.
     pub(crate) fn rewind(&mut self, frames: u64) {
         match self {
-            ProgramState::Echo(_) => {}
+            // The agent's audio cannot be regenerated either; the agent hears of it through
+            // its marks and the resuming `start`.
+            ProgramState::Echo(_) | ProgramState::Agent(_) => {}
             ProgramState::Tone(s) => s.rewind(frames),
             ProgramState::Ivr(s) => s.rewind(frames),
         }
@@ -260,6 +275,7 @@ impl ProgramState {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.detach(),
             ProgramState::Ivr(s) => s.detach(),
+            ProgramState::Agent(s) => s.detach(),
         }
     }
 
@@ -267,6 +283,7 @@ impl ProgramState {
     pub(crate) fn audio(&mut self, now: UnixMillis, payload: &[u8], limits: &CallLimits, fx: &mut Effects) {
         match self {
             ProgramState::Echo(s) => s.audio(now, payload, limits, fx),
+            ProgramState::Agent(s) => s.audio(payload, fx),
             ProgramState::Tone(_) | ProgramState::Ivr(_) => {}
         }
     }
@@ -277,6 +294,7 @@ impl ProgramState {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.dtmf(digit, fx),
             ProgramState::Ivr(s) => s.dtmf(now, digit, fx),
+            ProgramState::Agent(s) => s.dtmf(digit, fx),
         }
     }
 
@@ -286,6 +304,28 @@ impl ProgramState {
             ProgramState::Echo(s) => s.run_due(now, fx),
             ProgramState::Tone(s) => s.run_due(now, audio, fx),
             ProgramState::Ivr(s) => s.run_due(now, audio, fx),
+            ProgramState::Agent(s) => s.run_due(now, fx),
+        }
+    }
+
+    /// The client played outbound audio; `unplayed` frames sent are not yet heard.
+    pub(crate) fn played(&mut self, unplayed: u64, fx: &mut Effects) {
+        if let ProgramState::Agent(s) = self {
+            s.played(unplayed, fx);
+        }
+    }
+
+    /// The agent leg's news, or the agent's message; other programs ignore it (a message
+    /// still in flight when the call switched away from its agent).
+    pub(crate) fn agent(
+        &mut self,
+        now: UnixMillis,
+        input: AgentInput<'_>,
+        audio: AudioFormat,
+        fx: &mut Effects,
+    ) {
+        if let ProgramState::Agent(s) = self {
+            s.input(now, input, audio, fx);
         }
     }
 
@@ -295,6 +335,7 @@ impl ProgramState {
             ProgramState::Echo(s) => s.next_deadline(),
             ProgramState::Tone(s) => s.next_deadline(),
             ProgramState::Ivr(s) => s.next_deadline(),
+            ProgramState::Agent(s) => s.next_deadline(),
         }
     }
 }
@@ -314,6 +355,10 @@ pub(crate) struct Effects {
     pub clear: bool,
     /// What happened, for the call's timeline.
     pub events: Vec<ProgramEvent>,
+    /// Messages for the agent leg (the agent program), in order.
+    pub to_agent: Vec<callworker_protocol::agent::ToAgent>,
+    /// The state changed in a way worth a checkpoint at once (a transcript entry, a turn).
+    pub durable: bool,
     /// Reused PCM buffer for frame generation.
     pub pcm: Vec<i16>,
 }
@@ -342,6 +387,8 @@ pub(crate) enum ProgramEvent {
     MenuEntered { menu: String },
     /// An IVR menu finished collecting digits.
     DigitsCollected { menu: String, digits: String },
+    /// The agent leg connected, resumed, was lost or failed; the agent transferred or hung up.
+    Agent { event: &'static str, detail: Option<String> },
 }
 
 /// A [`FRAME_MS`] frame clock that runs only while a session is attached.

@@ -126,10 +126,11 @@ pub fn document(mut doc: Document, facts: WorkerFacts) -> Document {
     }
     if !authenticated {
         for item in doc.paths.paths.values_mut() {
-            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch] {
-                if let Some(op) = op {
-                    op.security = None;
-                }
+            for op in [&mut item.get, &mut item.post, &mut item.put, &mut item.delete, &mut item.patch]
+                .into_iter()
+                .flatten()
+            {
+                op.security = None;
             }
         }
     }
@@ -246,6 +247,36 @@ pub struct CreateCallDoc {
 pub enum ProgramSpecDoc {
     Echo(EchoParamsDoc),
     Tone(ToneParamsDoc),
+    Agent(AgentParamsDoc),
+}
+
+/// Agent talks to an external voice agent over WebSocket (docs/agent-protocol.md).
+#[derive(Debug, ToSchema)]
+#[schema(as = AgentParams)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct AgentParamsDoc {
+    /// `ws://` URL of the agent, within the worker's `agent.url_prefixes_allowed`. Absent:
+    /// the tenant's configured agent (else 400 `agent_not_configured`).
+    #[schema(max_length = 512, pattern = "^ws://[^/?]+")]
+    url: Option<String>,
+    /// Sent as `Authorization: Bearer <token>`; shown as `[redacted]`, never logged.
+    /// Absent: the tenant's configured token, if the tenant's agent is used.
+    #[schema(max_length = 1024)]
+    token: Option<String>,
+    /// Opaque text handed to the agent in every `start`.
+    #[schema(max_length = 4096)]
+    context: Option<String>,
+    /// Transcript entries kept (oldest dropped beyond). Absent: `agent.transcript_entries_max`.
+    #[schema(minimum = 1, maximum = 10000)]
+    transcript_entries_max: Option<u32>,
+    /// Transcript text bytes kept. Absent: `agent.transcript_bytes_max`.
+    #[schema(minimum = 1, maximum = 1048576)]
+    transcript_bytes_max: Option<u32>,
+    /// A program (not an agent) the call switches to when the agent cannot be reached.
+    /// Absent: the call ends with `agent_unavailable`.
+    #[schema(value_type = Option<Object>)]
+    fallback: Option<serde_json::Value>,
 }
 
 /// Echo plays the caller's audio back.
@@ -471,6 +502,8 @@ pub enum EndReasonDoc {
     ShedMemory,
     DrainTimeout,
     InternalError,
+    Transferred,
+    AgentUnavailable,
 }
 
 #[derive(Debug, ToSchema)]
@@ -523,14 +556,90 @@ pub struct CallEventsDoc {
 #[allow(dead_code)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum CallEventDoc {
-    Created { at: u64, program: String },
-    Attached { at: u64, transport: TransportDoc },
-    Resumed { at: u64, transport: TransportDoc, cause: ResumeCauseDoc, gap_ms: u64 },
-    Detached { at: u64 },
-    Dtmf { at: u64, digit: String },
-    ProgramSwitched { at: u64, program: String },
-    ActionApplied { at: u64, action: String },
-    Ended { at: u64, reason: EndReasonDoc },
+    Created {
+        at: u64,
+        program: String,
+    },
+    Attached {
+        at: u64,
+        transport: TransportDoc,
+    },
+    Resumed {
+        at: u64,
+        transport: TransportDoc,
+        cause: ResumeCauseDoc,
+        gap_ms: u64,
+    },
+    Detached {
+        at: u64,
+    },
+    Dtmf {
+        at: u64,
+        digit: String,
+    },
+    ProgramSwitched {
+        at: u64,
+        program: String,
+    },
+    ActionApplied {
+        at: u64,
+        action: String,
+    },
+    Ended {
+        at: u64,
+        reason: EndReasonDoc,
+    },
+    /// The agent leg: `event` is connected, resumed, lost, failed, transfer or hangup.
+    Agent {
+        at: u64,
+        event: String,
+        detail: Option<String>,
+    },
+}
+
+/// `GET /v1/calls/{id}/transcript` answer.
+#[derive(Debug, ToSchema)]
+#[schema(as = Transcript)]
+#[allow(dead_code)]
+pub struct TranscriptDoc {
+    call_id: String,
+    /// Oldest first; the newest within the call's transcript bounds.
+    entries: Vec<TranscriptEntryDoc>,
+    /// Index the next entry gets.
+    next_index: u64,
+    /// Entries dropped from the front for the bounds.
+    dropped: u64,
+    /// Entries the agent sent again, ignored.
+    duplicates: u64,
+    /// Indexes the agent skipped.
+    missing: u64,
+    /// `end_of_turn` messages received.
+    turns: u64,
+    /// Whether an agent leg is up right now.
+    connected: bool,
+    /// The last agent mark the caller heard.
+    last_mark: Option<String>,
+}
+
+/// One transcript entry.
+#[derive(Debug, ToSchema)]
+#[schema(as = TranscriptEntry)]
+#[allow(dead_code)]
+pub struct TranscriptEntryDoc {
+    index: u64,
+    /// When the worker stored it (Unix ms).
+    at: u64,
+    role: TranscriptRoleDoc,
+    text: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(as = TranscriptRole)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+pub enum TranscriptRoleDoc {
+    Caller,
+    Agent,
 }
 
 /// `GET /v1/workers` answer.
@@ -641,6 +750,11 @@ const _: () = {
     assert!(TONE_FREQ_HZ_MAX == 3999);
     assert!(callworker_call::ids::ID_BYTES_MAX == 64);
     assert!(super::api::PARTY_CHARS_MAX == 256);
+    assert!(callworker_call::program::agent::AGENT_URL_BYTES_MAX == 512);
+    assert!(callworker_call::program::agent::AGENT_TOKEN_BYTES_MAX == 1024);
+    assert!(callworker_call::program::agent::AGENT_CONTEXT_BYTES_MAX == 4096);
+    assert!(callworker_call::program::agent::AGENT_TRANSCRIPT_ENTRIES_MAX == 10000);
+    assert!(callworker_call::program::agent::AGENT_TRANSCRIPT_BYTES_MAX == 1048576);
 };
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! as detached and stays resumable), or the session is fenced (another session owns the
 //! call: it stops at once and writes nothing more).
 
+pub mod agent;
 pub mod checkpoint;
 pub mod native;
 pub mod outbound;
@@ -378,6 +379,8 @@ struct Driver {
     held: Option<Message>,
     /// Close frame to send once the last write is durable (see `finish`).
     closing: Option<(u16, String)>,
+    /// The call's agent leg (agent program).
+    agent: agent::AgentLink,
     frames_in: metrics::Counter,
     frames_out: metrics::Counter,
     frames_dropped: metrics::Counter,
@@ -401,6 +404,7 @@ impl Driver {
         let (commands_tx, commands) = mpsc::channel(state.config.limits.actor_commands_max);
         let acked_seq = a.call.media.inbound_applied_seq;
         let now_i = Instant::now();
+        let agent = agent::AgentLink::new(&state.config.agent, call_id.clone());
         Driver {
             call: a.call,
             call_id,
@@ -425,6 +429,7 @@ impl Driver {
             confirming: None,
             held: None,
             closing: None,
+            agent,
             frames_in: metrics::counter!(m::FRAMES_IN, "transport" => label),
             frames_out: metrics::counter!(m::FRAMES_OUT, "transport" => label),
             frames_dropped: metrics::counter!(m::FRAMES_DROPPED, "transport" => label),
@@ -493,6 +498,7 @@ impl Driver {
                     }
                 }
                 Some(cmd) = self.commands.recv(), if self.confirming.is_none() => self.on_command(cmd),
+                event = self.agent.next(), if self.confirming.is_none() => self.on_agent(event),
                 msg = stream.next(), if self.confirming.is_none() => {
                     match msg {
                         None | Some(Ok(Message::Close(_))) => {
@@ -600,6 +606,36 @@ impl Driver {
         }
     }
 
+    /// The agent leg's news, or the agent's message, for the call.
+    fn on_agent(&mut self, event: agent::AgentEvent) {
+        use agent::AgentEvent;
+        use callworker_call::program::AgentInput;
+        let now = now();
+        match event {
+            AgentEvent::RetryDue => {
+                self.agent.sync(&self.call);
+                return;
+            }
+            AgentEvent::Up => self.call.handle(now, Input::Agent(AgentInput::Connected), &mut self.outputs),
+            AgentEvent::Audio(audio) => {
+                self.call.handle(now, Input::Agent(AgentInput::Audio(&audio)), &mut self.outputs);
+            }
+            AgentEvent::Message(msg) => {
+                self.call.handle(now, Input::Agent(AgentInput::Message(msg)), &mut self.outputs);
+            }
+            AgentEvent::Lost { reason } => {
+                let input = AgentInput::Lost { reason: reason.to_owned() };
+                self.call.handle(now, Input::Agent(input), &mut self.outputs);
+            }
+            AgentEvent::Failed { reason } => {
+                let input = AgentInput::Failed { reason: reason.to_owned() };
+                self.call.handle(now, Input::Agent(input), &mut self.outputs);
+            }
+        }
+        self.dirty = true;
+        self.flush_outputs();
+    }
+
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Snapshot(reply) => {
@@ -662,6 +698,7 @@ impl Driver {
                 info!(call_id = %self.call_id, reason = %reason, "call ended elsewhere");
                 self.call.handle(now(), Input::End(reason), &mut self.outputs);
                 self.outputs.retain(|o| !matches!(o, Output::Checkpoint));
+                self.agent.stop(reason.as_str());
                 self.say_goodbye(reason);
                 self.stop = Some(Stop::Fenced);
                 let (code, reason) = self.closing.take().unwrap_or((close::NORMAL, String::new()));
@@ -718,6 +755,7 @@ impl Driver {
                 }
                 Output::Checkpoint => checkpoint_now = true,
                 Output::End(reason) => ended = Some(reason),
+                Output::Agent(msg) => self.agent.send(msg),
             }
         }
         if let Some(reason) = ended {
@@ -726,6 +764,8 @@ impl Driver {
             self.dirty = true;
             self.maybe_checkpoint(true);
         }
+        // The program may have become, or stopped being, an agent.
+        self.agent.sync(&self.call);
     }
 
     fn control(&mut self, msg: Message) {
@@ -793,6 +833,7 @@ impl Driver {
         info!(call_id = %self.call_id, epoch = %self.epoch, reason = %reason, "call ended");
         let pending = self.pending(Some(reason));
         self.writer.submit(pending);
+        self.agent.stop(reason.as_str());
         self.say_goodbye(reason);
         self.stop = Some(Stop::Ended);
     }
@@ -859,6 +900,7 @@ impl Driver {
         }
         let pending = self.pending(None);
         self.writer.submit(pending);
+        self.agent.stop(cause.map_or("detached", |c| c.as_str()));
         if code == close::GOING_AWAY
             && let Wire::Native(w) = &self.wire
         {
@@ -873,6 +915,7 @@ impl Driver {
     /// Another session owns the call: stop now, write nothing more.
     fn fenced(&mut self) -> u16 {
         self.writer.abort();
+        self.agent.abort();
         self.out.clear_audio();
         self.out.close(close::STALE_SESSION, "stale_session: another session owns the call".to_owned());
         self.stop = Some(Stop::Fenced);
