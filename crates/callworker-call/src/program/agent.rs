@@ -43,9 +43,11 @@ pub const AGENT_TRANSCRIPT_BYTES_MAX: u32 = 1 << 20;
 pub const DEFAULT_TRANSCRIPT_ENTRIES_MAX: u32 = 200;
 /// Transcript bytes kept when neither the call nor the worker says.
 pub const DEFAULT_TRANSCRIPT_BYTES_MAX: u32 = 32 * 1024;
-/// Agent audio frames waiting to be played (60 s); when full the oldest is dropped and
-/// counted in `media.outbound_dropped_frames`.
-pub const AGENT_PLAYBACK_FRAMES_MAX: usize = 3_000;
+/// Most agent audio frames a call may be configured to hold for playing (5 min).
+pub const AGENT_PLAYBACK_FRAMES_MAX: u32 = 15_000;
+/// Agent audio frames waiting to be played when neither the call nor the worker says
+/// (60 s); when full the oldest is dropped and counted in `media.outbound_dropped_frames`.
+pub const DEFAULT_PLAYBACK_FRAMES_MAX: u32 = 3_000;
 /// Marks waiting for their audio to be played; when full the oldest is reported `cleared`.
 pub const AGENT_MARKS_MAX: usize = 64;
 
@@ -112,6 +114,10 @@ pub struct AgentParams {
     /// Transcript text bytes kept, likewise.
     #[serde(default)]
     pub transcript_bytes_max: Option<u32>,
+    /// Agent audio frames held for playing; the oldest are dropped (and counted) beyond
+    /// it. Absent: the worker's `agent.playback_frames_max`.
+    #[serde(default)]
+    pub playback_frames_max: Option<u32>,
     /// Program the call switches to when the agent cannot be reached (its reconnect
     /// attempts spent). Absent: the call ends with `agent_unavailable`.
     #[serde(default)]
@@ -158,6 +164,14 @@ impl AgentParams {
             return Err(invalid(
                 "transcript_bytes_max",
                 format!("{n} is outside 1..={AGENT_TRANSCRIPT_BYTES_MAX}"),
+            ));
+        }
+        if let Some(n) = self.playback_frames_max
+            && !(1..=AGENT_PLAYBACK_FRAMES_MAX).contains(&n)
+        {
+            return Err(invalid(
+                "playback_frames_max",
+                format!("{n} is outside 1..={AGENT_PLAYBACK_FRAMES_MAX}"),
             ));
         }
         if let Some(fallback) = &self.fallback {
@@ -393,6 +407,12 @@ impl AgentState {
         self.playback.len()
     }
 
+    /// Bytes of agent audio held for playing (the call's memory account counts them: they
+    /// are not in the checkpoint).
+    pub fn playback_bytes(&self) -> usize {
+        self.playback.iter().map(Vec::len).sum::<usize>() + self.partial.len()
+    }
+
     pub(crate) fn attach(&mut self, now: UnixMillis) {
         self.connected = false;
         // Marks whose audio was queued in a session that is gone will never be heard; no
@@ -554,7 +574,8 @@ impl AgentState {
     }
 
     fn push_frame(&mut self, frame: Vec<u8>, fx: &mut Effects) {
-        if self.playback.len() >= AGENT_PLAYBACK_FRAMES_MAX {
+        let max = self.params.playback_frames_max.unwrap_or(DEFAULT_PLAYBACK_FRAMES_MAX).max(1) as usize;
+        while self.playback.len() >= max {
             self.playback.pop_front();
             // The dropped frame still counts as played out for the marks after it.
             self.frames_emitted += 1;
@@ -661,6 +682,7 @@ mod tests {
             context: Some("{}".into()),
             transcript_entries_max: Some(10),
             transcript_bytes_max: None,
+            playback_frames_max: Some(100),
             fallback: Some(Box::new(ProgramSpec::Echo(crate::program::EchoParams { delay_ms: 0 }))),
         };
         assert_eq!(ok.validate(), Ok(()));
@@ -673,6 +695,7 @@ mod tests {
             (AgentParams { context: Some("c".repeat(5000)), ..ok.clone() }, "context"),
             (AgentParams { transcript_entries_max: Some(0), ..ok.clone() }, "transcript_entries_max"),
             (AgentParams { transcript_bytes_max: Some(2 << 20), ..ok.clone() }, "transcript_bytes_max"),
+            (AgentParams { playback_frames_max: Some(0), ..ok.clone() }, "playback_frames_max"),
             (
                 AgentParams { fallback: Some(Box::new(ProgramSpec::Agent(ok.clone()))), ..ok.clone() },
                 "fallback",
@@ -694,6 +717,7 @@ mod tests {
             context: None,
             transcript_entries_max: None,
             transcript_bytes_max: None,
+            playback_frames_max: None,
             fallback: None,
         };
         let shown = format!("{params:?} {}", serde_json::to_string(&params).unwrap());

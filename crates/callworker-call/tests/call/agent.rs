@@ -17,6 +17,7 @@ fn agent(fallback: Option<ProgramSpec>) -> ProgramSpec {
         context: Some("ctx".into()),
         transcript_entries_max: Some(4),
         transcript_bytes_max: None,
+        playback_frames_max: Some(8),
         fallback: fallback.map(Box::new),
     })
 }
@@ -94,6 +95,18 @@ fn agent_audio_is_framed_paced_and_its_marks_answered_once_heard() {
     // A mark with nothing queued is answered at once.
     let out = step(&mut call, at(240), msg(FromAgent::Mark { name: "m2".into() }));
     assert_eq!(to_agent(&out), [ToAgent::Mark { name: "m2".into(), cleared: false }]);
+}
+
+#[test]
+fn agent_audio_beyond_the_playback_bound_drops_the_oldest_and_counts() {
+    let mut call = attached(agent(None), PCMU_8K);
+    let audio: Vec<u8> = (0..10u8).flat_map(|f| [f; 160]).collect();
+    step(&mut call, at(0), Input::Agent(AgentInput::Audio(&audio)));
+    assert_eq!(state(&call).playback_frames(), 8);
+    assert_eq!(state(&call).playback_bytes(), 8 * 160);
+    assert_eq!(call.media.outbound_dropped_frames, 2);
+    let played: Vec<u8> = audio_of(&run_frames(&mut call, 0, 200)).into_iter().flat_map(|(_, p)| p).collect();
+    assert_eq!(played, audio[2 * 160..], "the newest eight frames play");
 }
 
 #[test]

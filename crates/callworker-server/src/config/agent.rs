@@ -7,7 +7,8 @@ use std::time::Duration;
 use callworker_call::TenantId;
 use callworker_call::program::Secret;
 use callworker_call::program::agent::{
-    AGENT_TRANSCRIPT_BYTES_MAX, AGENT_TRANSCRIPT_ENTRIES_MAX, AGENT_URL_BYTES_MAX, validate_url,
+    AGENT_PLAYBACK_FRAMES_MAX, AGENT_TRANSCRIPT_BYTES_MAX, AGENT_TRANSCRIPT_ENTRIES_MAX, AGENT_URL_BYTES_MAX,
+    validate_url,
 };
 use serde::Deserialize;
 
@@ -40,6 +41,9 @@ pub struct AgentConfig {
     /// Transcript bounds for calls whose parameters do not set them.
     pub transcript_entries_max: u32,
     pub transcript_bytes_max: u32,
+    /// Agent audio frames a call holds for playing, for calls that do not say; the oldest
+    /// are dropped (and counted) beyond it.
+    pub playback_frames_max: u32,
     /// Per-call agent URLs must start with one of these; empty: any `ws://` URL.
     pub url_prefixes_allowed: Vec<String>,
     /// The agent of each tenant, for calls that name no URL.
@@ -75,6 +79,7 @@ pub(super) struct RawAgent {
     from_agent_queue_max: usize,
     transcript_entries_max: u32,
     transcript_bytes_max: u32,
+    playback_frames_max: u32,
     url_prefixes_allowed: Vec<String>,
     tenants: BTreeMap<String, RawTenantAgent>,
 }
@@ -134,6 +139,12 @@ pub(super) fn validate(raw: RawAgent) -> Result<AgentConfig, ConfigError> {
             raw.transcript_bytes_max,
             1,
             AGENT_TRANSCRIPT_BYTES_MAX,
+        )?,
+        playback_frames_max: range(
+            "agent.playback_frames_max",
+            raw.playback_frames_max,
+            1,
+            AGENT_PLAYBACK_FRAMES_MAX,
         )?,
         url_prefixes_allowed: raw.url_prefixes_allowed,
         tenants,

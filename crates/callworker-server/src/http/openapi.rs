@@ -273,6 +273,9 @@ pub struct AgentParamsDoc {
     /// Transcript text bytes kept. Absent: `agent.transcript_bytes_max`.
     #[schema(minimum = 1, maximum = 1048576)]
     transcript_bytes_max: Option<u32>,
+    /// Agent audio frames held for playing. Absent: `agent.playback_frames_max`.
+    #[schema(minimum = 1, maximum = 15000)]
+    playback_frames_max: Option<u32>,
     /// A program (not an agent) the call switches to when the agent cannot be reached.
     /// Absent: the call ends with `agent_unavailable`.
     #[schema(value_type = Option<Object>)]
@@ -755,6 +758,7 @@ const _: () = {
     assert!(callworker_call::program::agent::AGENT_CONTEXT_BYTES_MAX == 4096);
     assert!(callworker_call::program::agent::AGENT_TRANSCRIPT_ENTRIES_MAX == 10000);
     assert!(callworker_call::program::agent::AGENT_TRANSCRIPT_BYTES_MAX == 1048576);
+    assert!(callworker_call::program::agent::AGENT_PLAYBACK_FRAMES_MAX == 15000);
 };
 
 #[cfg(test)]

@@ -334,6 +334,9 @@ pub fn prepare_program(
     if params.transcript_bytes_max.is_none() {
         params.transcript_bytes_max = Some(config.transcript_bytes_max);
     }
+    if params.playback_frames_max.is_none() {
+        params.playback_frames_max = Some(config.playback_frames_max);
+    }
     Ok(ProgramSpec::Agent(params))
 }
 

@@ -775,7 +775,11 @@ impl Driver {
     fn pending(&mut self, end: Option<EndReason>) -> Pending {
         self.checkpoint_seq += 1;
         let blob = Bytes::from(envelope::encode(&self.call));
-        let held = blob.len() + self.recording.len() + self.out.queued_bytes();
+        let agent_audio = match &self.call.program {
+            callworker_call::ProgramState::Agent(s) => s.playback_bytes(),
+            _ => 0,
+        };
+        let held = blob.len() + self.recording.len() + self.out.queued_bytes() + agent_audio;
         self.account.store(held as u64, std::sync::atomic::Ordering::Relaxed);
         metrics::histogram!(m::CALL_ACCOUNT_BYTES).record(held as f64);
         Pending {
