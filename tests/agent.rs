@@ -10,6 +10,7 @@
 //!   API refuses agent programs it cannot connect.
 //! - An oversized agent message closes that call's leg (1009, counted) and the leg comes
 //!   back; other calls do not notice.
+//! - Over Twilio Media Streams, Twilio's played marks become the agent's mark acks.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -450,4 +451,65 @@ async fn an_oversized_agent_message_is_refused_and_other_calls_are_undisturbed()
         );
         wait_for_call(&api, &id, |c| c["end_reason"] == "completed").await;
     }
+}
+
+/// The agent program over Twilio Media Streams (the default program of Twilio calls): the
+/// caller hears the agent, Twilio's played marks become the agent's mark acks, and the
+/// agent's hang-up ends the call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_call_over_twilio_hears_the_agent_and_its_marks_come_back() {
+    use callworker_client::twilio::{StreamEvent, TwilioSimulator};
+    let agent = ReferenceAgent::start("127.0.0.1:0", Options { token: None, turn_frames: TURN_FRAMES })
+        .await
+        .unwrap();
+    let program = format!("{{name = \"agent\", params = {{url = \"{}\"}}}}", agent.url());
+    let worker = Worker::start(worker_options(
+        "agent-twilio",
+        None,
+        &[("CALLWORKER_CALLS__DEFAULT_PROGRAM", program.as_str())],
+    ))
+    .await
+    .unwrap();
+    let sim = TwilioSimulator::new(&worker.base_url).with_auth_token(callworker_testkit::TWILIO_AUTH_TOKEN);
+    let mut stream = sim.place_call("+15550001111", "+15550002222").await.unwrap();
+    let greeting = tone_reply(PCMU_8K);
+    let mut received = Vec::new();
+    let mut sent = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let heard = |agent: &ReferenceAgent| {
+        agent
+            .seen()
+            .iter()
+            .any(|s| matches!(&s.event, SeenEvent::Mark { name, cleared: false } if name == "reply-1"))
+    };
+    let mut seq = 0;
+    while !heard(&agent) {
+        assert!(tokio::time::Instant::now() < deadline, "no mark came back: {:?}", agent.seen());
+        tokio::select! {
+            _ = tick.tick() => {
+                seq += 1;
+                let f = frame(3, seq);
+                stream.send_media(f.clone()).await.unwrap();
+                sent.extend_from_slice(&f);
+            }
+            event = stream.next_event() => match event.unwrap() {
+                StreamEvent::Media(payload) => received.extend_from_slice(&payload),
+                StreamEvent::Closed { code, reason } => panic!("closed early: {code} {reason}"),
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(&received[..greeting.len()], &greeting[..], "the caller hears the agent's greeting first");
+    let reply = &received[greeting.len()..greeting.len() + TURN_FRAMES * FRAME_BYTES];
+    assert!(sent.windows(reply.len()).any(|w| w == reply), "then its echo of the caller's first turn");
+    assert!(
+        agent
+            .seen()
+            .iter()
+            .any(|s| matches!(&s.event, SeenEvent::Mark { name, cleared: false } if name == "greeting"))
+    );
+    stream.send_dtmf('#').await.unwrap();
+    stream.closed(WAIT).await.unwrap();
+    wait_seen(&agent, |e| matches!(e, SeenEvent::Stop { reason } if reason == "completed")).await;
 }

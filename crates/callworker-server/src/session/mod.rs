@@ -6,7 +6,9 @@
 //! [`Command`]s. The *writer* drains the bounded [`OutboundQueue`] into the socket. A third,
 //! small task per call, the [`CheckpointWriter`], persists the latest state without ever
 //! blocking the driver. The protocol-specific parts (handshake, message mapping) live in
-//! [`native`] and [`twilio`].
+//! [`native`] and [`twilio`]. A call running the agent program also has an agent leg, a
+//! WebSocket to its voice agent, which the driver keeps in step with the call through
+//! [`agent::AgentLink`].
 //!
 //! A session ends in one of three ways: the call ends (the end is persisted, then the
 //! socket closes), the session detaches (client gone, shutdown: the call is checkpointed
