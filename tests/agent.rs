@@ -11,6 +11,7 @@
 //! - An oversized agent message closes that call's leg (1009, counted) and the leg comes
 //!   back; other calls do not notice.
 //! - Over Twilio Media Streams, Twilio's played marks become the agent's mark acks.
+//! - A SIGTERM drain tells the agent `stop {migrated_drain}` and the leg resumes elsewhere.
 #![allow(clippy::unwrap_used)]
 
 mod common;
@@ -512,4 +513,38 @@ async fn an_agent_call_over_twilio_hears_the_agent_and_its_marks_come_back() {
     stream.send_dtmf('#').await.unwrap();
     stream.closed(WAIT).await.unwrap();
     wait_seen(&agent, |e| matches!(e, SeenEvent::Stop { reason } if reason == "completed")).await;
+}
+
+/// SIGTERM drains an agent call: the worker tells the agent `stop {migrated_drain}`, the
+/// client moves to the other worker, and the agent leg comes back there as a resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_worker_hands_an_agent_call_over_with_its_conversation() {
+    let redis = RedisServer::start().await.unwrap();
+    let agent = ReferenceAgent::start("127.0.0.1:0", Options { token: None, turn_frames: TURN_FRAMES })
+        .await
+        .unwrap();
+    let mut workers = [
+        Worker::start(worker_options("agent-drain-w0", Some(&redis), &[])).await.unwrap(),
+        Worker::start(worker_options("agent-drain-w1", Some(&redis), &[])).await.unwrap(),
+    ];
+    let api0 = ControlApi::new(&workers[0].base_url).with_key(TENANT_KEY);
+    let api1 = ControlApi::new(&workers[1].base_url).with_key(TENANT_KEY);
+    let created = api0.create_call(&json!({ "program": agent_program(&agent.url(), None) })).await.unwrap();
+    let mut caller = Caller::connect(0, vec![media_url(&workers[0]), media_url(&workers[1])], &created).await;
+    let before = caller.talk_until(&api0, Duration::from_secs(20), |t| last_turn(t) >= 2).await;
+    let status = workers[0].terminate(Duration::from_secs(15)).await.unwrap();
+    assert!(status.success(), "the drained worker exits 0: {status:?}");
+    wait_seen(&agent, |e| matches!(e, SeenEvent::Stop { reason } if reason == "migrated_drain")).await;
+    let turns = last_turn(&before);
+    let after = caller
+        .talk_until(&api1, Duration::from_secs(30), |t| {
+            has_text(t, WELCOME_BACK) && last_turn(t) >= turns + 2
+        })
+        .await;
+    assert_eq!(check_conversation(&after), 1);
+    let resumes: Vec<bool> =
+        agent.starts().into_iter().filter(|s| s.call_id == created.call_id()).map(|s| s.resume).collect();
+    assert_eq!(resumes, [false, true]);
+    let events = events_of(&api1, created.call_id()).await;
+    assert!(events.iter().any(|e| e["type"] == "resumed" && e["cause"] == "migrated_drain"), "{events:?}");
 }
