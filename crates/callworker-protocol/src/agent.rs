@@ -280,8 +280,38 @@ fn check_text(field: &'static str, value: &str, bytes_max: usize, empty_ok: bool
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
     use crate::codec::Encoding;
+
+    fn from_agent() -> impl Strategy<Value = FromAgent> {
+        let text = "[a-z #+0-9-]{1,40}";
+        let role = prop_oneof![Just(TranscriptRole::Caller), Just(TranscriptRole::Agent)];
+        prop_oneof![
+            text.prop_map(|name| FromAgent::Mark { name }),
+            Just(FromAgent::Clear {}),
+            text.prop_map(|target| FromAgent::Transfer { target }),
+            proptest::option::of(text).prop_map(|reason| FromAgent::Hangup { reason }),
+            Just(FromAgent::EndOfTurn {}),
+            (proptest::option::of(any::<u64>()), role, "[^\\p{Cc}]{0,100}")
+                .prop_map(|(index, role, text)| FromAgent::Transcript { index, role, text }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn agent_messages_round_trip(msg in from_agent()) {
+            prop_assert_eq!(parse_from_agent(&msg.encode(), &LIMITS), Ok(msg));
+        }
+
+        /// Whatever an agent sends, parsing answers a message or a typed error.
+        #[test]
+        fn parsing_never_panics(text in "\\PC{0,200}", json in "\\{\"type\":\"[a-z_]{0,12}\"[^}]{0,60}\\}") {
+            let _ = parse_from_agent(&text, &LIMITS);
+            let _ = parse_from_agent(&json, &LIMITS);
+        }
+    }
 
     const LIMITS: AgentLimits = AgentLimits { message_bytes_max: 65_536 };
 

@@ -650,7 +650,31 @@ pub fn start_message(call: &Call) -> Option<ToAgent> {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
     use super::*;
+
+    proptest! {
+        /// After every push, in any order of indexes and sizes: both bounds hold, indexes
+        /// strictly increase, the byte count is exact, and `next_index` is above them all.
+        #[test]
+        fn transcript_bounds_hold_after_every_push(
+            entries_max in 1u32..6,
+            bytes_max in 1u32..40,
+            pushes in proptest::collection::vec((proptest::option::of(0u64..30), 0usize..20), 0..60),
+        ) {
+            let mut t = Transcript::new(entries_max, bytes_max);
+            for (i, (index, len)) in pushes.into_iter().enumerate() {
+                t.push(UnixMillis(i as u64), index, TranscriptRole::Agent, "x".repeat(len));
+                prop_assert!(t.len() <= entries_max as usize);
+                prop_assert!(t.bytes() <= u64::from(bytes_max));
+                prop_assert_eq!(t.bytes(), t.entries().map(|e| e.text.len() as u64).sum::<u64>());
+                let indexes: Vec<u64> = t.entries().map(|e| e.index).collect();
+                prop_assert!(indexes.windows(2).all(|w| w[0] < w[1]));
+                prop_assert!(indexes.last().is_none_or(|last| *last < t.next_index()));
+            }
+        }
+    }
 
     #[test]
     fn transcript_drops_oldest_for_either_bound_and_ignores_duplicates() {
