@@ -452,3 +452,109 @@ where
     let frame = CloseFrame { code, reason: e.code().into() };
     let _ = tokio::time::timeout(LEG_CLOSE_TIMEOUT, ws.close(Some(frame))).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use callworker_call::program::AgentParams;
+
+    use super::*;
+    use crate::config::agent::TenantAgent;
+
+    fn config(prefixes: &[&str]) -> AgentConfig {
+        let mut tenants = BTreeMap::new();
+        tenants.insert(
+            TenantId::parse("acme").unwrap(),
+            TenantAgent { url: "ws://acme-agent:9000/v1".into(), token: Some(Secret::new("tenant-token")) },
+        );
+        AgentConfig {
+            message_bytes_max: 65_536,
+            connect_timeout: Duration::from_secs(3),
+            reconnect_attempts_max: 3,
+            reconnect_backoff: Duration::from_millis(200),
+            reconnect_backoff_max: Duration::from_secs(2),
+            to_agent_queue_max: 64,
+            from_agent_queue_max: 64,
+            transcript_entries_max: 50,
+            transcript_bytes_max: 4096,
+            playback_frames_max: 500,
+            url_prefixes_allowed: prefixes.iter().map(|p| p.to_string()).collect(),
+            tenants,
+        }
+    }
+
+    fn params(url: Option<&str>, token: Option<&str>) -> AgentParams {
+        AgentParams {
+            url: url.map(str::to_owned),
+            token: token.map(Secret::new),
+            context: None,
+            transcript_entries_max: None,
+            transcript_bytes_max: None,
+            playback_frames_max: None,
+            fallback: None,
+        }
+    }
+
+    #[test]
+    fn a_tenant_token_goes_only_to_the_tenant_url() {
+        let c = config(&[]);
+        let acme = TenantId::parse("acme").unwrap();
+        let other = TenantId::parse("other").unwrap();
+        fn token(
+            r: Result<(String, Option<Secret>), &'static str>,
+        ) -> Result<(String, Option<String>), &'static str> {
+            r.map(|(u, t)| (u, t.map(|t| t.expose().to_owned())))
+        }
+        assert_eq!(
+            token(resolve(&c, &acme, &params(None, None))),
+            Ok(("ws://acme-agent:9000/v1".into(), Some("tenant-token".into())))
+        );
+        assert_eq!(
+            token(resolve(&c, &acme, &params(None, Some("own")))),
+            Ok(("ws://acme-agent:9000/v1".into(), Some("own".into())))
+        );
+        // A call's own URL never gets the tenant's token.
+        assert_eq!(
+            token(resolve(&c, &acme, &params(Some("ws://elsewhere/"), None))),
+            Ok(("ws://elsewhere/".into(), None))
+        );
+        assert_eq!(token(resolve(&c, &other, &params(None, None))), Err("agent_not_configured"));
+        let strict = config(&["ws://agents.internal/"]);
+        assert_eq!(
+            token(resolve(&strict, &acme, &params(Some("ws://elsewhere/"), None))),
+            Err("agent_url_not_allowed")
+        );
+        assert!(resolve(&strict, &acme, &params(Some("ws://agents.internal/a"), None)).is_ok());
+    }
+
+    #[test]
+    fn prepare_fills_the_worker_defaults_and_refuses_what_cannot_connect() {
+        let c = config(&["ws://agents.internal/"]);
+        let acme = TenantId::parse("acme").unwrap();
+        let ProgramSpec::Agent(p) =
+            prepare_program(&c, &acme, ProgramSpec::Agent(params(None, None))).unwrap()
+        else {
+            panic!("still an agent");
+        };
+        assert_eq!(
+            (p.transcript_entries_max, p.transcript_bytes_max, p.playback_frames_max),
+            (Some(50), Some(4096), Some(500))
+        );
+        let own =
+            AgentParams { transcript_entries_max: Some(7), ..params(Some("ws://agents.internal/x"), None) };
+        let ProgramSpec::Agent(p) = prepare_program(&c, &acme, ProgramSpec::Agent(own)).unwrap() else {
+            panic!()
+        };
+        assert_eq!(p.transcript_entries_max, Some(7), "the call's own bound is kept");
+        let refused = [
+            (TenantId::parse("other").unwrap(), params(None, None), "agent_not_configured"),
+            (acme.clone(), params(Some("ws://elsewhere/"), None), "agent_url_not_allowed"),
+        ];
+        for (tenant, p, code) in refused {
+            assert_eq!(prepare_program(&c, &tenant, ProgramSpec::Agent(p)).unwrap_err().code, code);
+        }
+        let echo = ProgramSpec::Echo(callworker_call::program::EchoParams { delay_ms: 0 });
+        assert_eq!(prepare_program(&c, &acme, echo.clone()).unwrap(), echo);
+    }
+}
