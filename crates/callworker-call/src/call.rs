@@ -7,7 +7,8 @@ use crate::dsp;
 use crate::end::{EndReason, ResumeCause};
 use crate::ids::{CallId, TenantId};
 use crate::program::{
-    Action, Effects, MuteDirection, Overlay, ProgramEvent, ProgramSpec, ProgramState, SpecError, ToneSegment,
+    Action, AgentInput, Effects, MuteDirection, Overlay, ProgramEvent, ProgramSpec, ProgramState, SpecError,
+    ToneSegment,
 };
 use crate::time::UnixMillis;
 use crate::timeline::{EventKind, Timeline};
@@ -217,6 +218,8 @@ pub enum Input<'a> {
     End(EndReason),
     /// The deadline returned by [`Call::poll_timeout`] has passed.
     Timeout,
+    /// The agent leg's news or an agent message (agent program; ignored otherwise).
+    Agent(AgentInput<'a>),
 }
 
 /// What the call asks its session and actor to do, in order.
@@ -232,6 +235,8 @@ pub enum Output {
     Checkpoint,
     /// The call ended with this reason; close the session.
     End(EndReason),
+    /// Send this to the call's agent leg (agent program).
+    Agent(callworker_protocol::agent::ToAgent),
 }
 
 impl Call {
@@ -287,11 +292,23 @@ impl Call {
                 // it rather than let a confused client claim audio it cannot have heard.
                 if upto_seq < self.media.outbound_next_seq {
                     self.media.outbound_played_seq = self.media.outbound_played_seq.max(upto_seq);
+                    let unplayed = self.media.outbound_next_seq - 1 - self.media.outbound_played_seq;
+                    let mut fx = Effects::default();
+                    self.program.played(unplayed, &mut fx);
+                    self.apply_program_effects(now, fx, out);
                 }
             }
             Input::Action(action) => self.on_action(now, action, out),
             Input::End(reason) => self.end(now, reason, out),
             Input::Timeout => self.on_timeout(now, out),
+            Input::Agent(input) => {
+                if !self.attached {
+                    return;
+                }
+                let mut fx = Effects::default();
+                self.program.agent(now, input, self.audio, &mut fx);
+                self.apply_program_effects(now, fx, out);
+            }
         }
     }
 
@@ -544,7 +561,8 @@ impl Call {
                 self.emit_audio(frame, out);
             }
         }
-        let transition = !fx.events.is_empty();
+        out.extend(fx.to_agent.into_iter().map(Output::Agent));
+        let transition = !fx.events.is_empty() || fx.durable;
         for event in fx.events {
             let kind = match event {
                 ProgramEvent::MenuEntered { menu } => EventKind::MenuEntered { menu },
@@ -566,6 +584,7 @@ impl Call {
                     });
                     EventKind::BargeIn { menu, by: by.to_owned(), played_upto_seq, prompt_frames_heard }
                 }
+                ProgramEvent::Agent { event, detail } => EventKind::Agent { event: event.to_owned(), detail },
             };
             self.timeline.push(now, kind);
         }

@@ -34,13 +34,16 @@ pub enum EndReason {
     DrainTimeout,
     /// Anything else; always logged with detail.
     InternalError,
-    /// Handed to another party by a `transfer` action (appended: variants are positional in
-    /// checkpoints).
+    /// Handed to another party: by a `transfer` action, or by the voice agent (the target is
+    /// in the timeline). Appended: variants are positional in checkpoints.
     Transferred,
+    /// The voice agent could not be reached (reconnect attempts spent) and the call had no
+    /// fallback program.
+    AgentUnavailable,
 }
 
 impl EndReason {
-    pub const ALL: [EndReason; 14] = [
+    pub const ALL: [EndReason; 15] = [
         EndReason::Completed,
         EndReason::ClientHangup,
         EndReason::RemoteHangup,
@@ -55,6 +58,7 @@ impl EndReason {
         EndReason::DrainTimeout,
         EndReason::InternalError,
         EndReason::Transferred,
+        EndReason::AgentUnavailable,
     ];
 
     /// The snake_case name used on the wire, in metrics and in the API.
@@ -74,6 +78,7 @@ impl EndReason {
             EndReason::DrainTimeout => "drain_timeout",
             EndReason::InternalError => "internal_error",
             EndReason::Transferred => "transferred",
+            EndReason::AgentUnavailable => "agent_unavailable",
         }
     }
 

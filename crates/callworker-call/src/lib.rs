@@ -13,9 +13,9 @@
 //! - [`end`]: [`EndReason`] (DESIGN.md §4) and [`ResumeCause`].
 //! - [`call`]: [`Call`], [`CallSpec`], [`Input`], [`Output`], media positions, limits.
 //! - [`timeline`]: the bounded event timeline.
-//! - [`program`]: call programs (`echo`, `tone`, `ivr`), the `play_tone` [`Overlay`], and
-//!   [`Action`]s injected by the API (tones and tone sequences, program switches, DTMF,
-//!   mute, transfer, hang-up).
+//! - [`program`]: call programs (`echo`, `tone`, `ivr`, `agent`), the `play_tone`
+//!   [`Overlay`], and [`Action`]s injected by the API (tones and tone sequences, program
+//!   switches, DTMF, mute, transfer, hang-up).
 //! - [`dsp`]: tone generation, Goertzel tone detection, in-band DTMF detection, voice
 //!   activity detection and prompt resampling.
 //! - [`checkpoint`]: the versioned checkpoint envelope around a postcard-encoded [`Call`].

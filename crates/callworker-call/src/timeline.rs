@@ -76,6 +76,12 @@ pub enum EventKind {
     IvrDefinitionChanged {
         definition: String,
     },
+    /// The agent leg (agent program): `connected`, `resumed`, `lost`, `failed` (with the
+    /// error code as detail), `transfer` (the target), `hangup` (the agent's reason).
+    Agent {
+        event: String,
+        detail: Option<String>,
+    },
 }
 
 impl EventKind {
@@ -96,6 +102,7 @@ impl EventKind {
             EventKind::DtmfDetected { .. } => "dtmf_detected",
             EventKind::BargeIn { .. } => "barge_in",
             EventKind::IvrDefinitionChanged { .. } => "ivr_definition_changed",
+            EventKind::Agent { .. } => "agent",
         }
     }
 }
@@ -155,6 +162,10 @@ enum EventKindJson {
     IvrDefinitionChanged {
         definition: String,
     },
+    Agent {
+        event: String,
+        detail: Option<String>,
+    },
 }
 
 /// The JSON fields of an injected digit: the digit and where it came from.
@@ -186,6 +197,7 @@ enum EventKindBinary {
     DtmfDetected { digit: char },
     BargeIn { menu: String, by: String, played_upto_seq: u64, prompt_frames_heard: u64 },
     IvrDefinitionChanged { definition: String },
+    Agent { event: String, detail: Option<String> },
 }
 
 impl Serialize for EventKind {

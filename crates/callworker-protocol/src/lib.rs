@@ -7,6 +7,8 @@
 //! - [`native`]: the native resumable protocol (version [`native::PROTOCOL_VERSION`]),
 //!   documented in `docs/protocol.md`: JSON control messages and binary audio frames.
 //! - [`close`]: WebSocket close codes shared by both endpoints.
+//! - [`agent`]: the voice-agent protocol (version [`agent::AGENT_PROTOCOL_VERSION`]) between
+//!   a worker and an external voice agent, documented in `docs/agent-protocol.md`.
 //! - [`twilio_signature`]: Twilio's `X-Twilio-Signature` request signatures (webhooks and the
 //!   Media Streams WebSocket upgrade).
 //! - [`codec`]: G.711 μ-law / A-law ↔ PCM16 and 8 kHz ↔ 16 kHz resampling.
@@ -19,6 +21,7 @@
 //! - Encoders produce exactly what the matching parser accepts (round-trip tests).
 //! - This crate depends on no other workspace crate and performs no I/O.
 
+pub mod agent;
 pub mod close;
 pub mod codec;
 #[cfg(feature = "fuzzing")]

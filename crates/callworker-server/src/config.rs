@@ -17,6 +17,9 @@ use figment::Figment;
 use figment::providers::{Format, Serialized, Toml};
 use serde::Deserialize;
 
+pub mod agent;
+pub use agent::AgentConfig;
+
 /// Exit code for an invalid configuration (`EX_USAGE`/`EX_CONFIG` family: 64 = usage).
 pub const EXIT_CONFIG_INVALID: i32 = 64;
 
@@ -44,6 +47,7 @@ pub struct Config {
     pub auth: AuthConfig,
     pub webhooks: WebhooksConfig,
     pub ivr: IvrConfig,
+    pub agent: AgentConfig,
 }
 
 /// Named IVR definitions (see `ivr_definitions.rs`).
@@ -498,6 +502,7 @@ struct RawConfig {
     auth: RawAuth,
     webhooks: RawWebhooks,
     ivr: RawIvr,
+    agent: agent::RawAgent,
 }
 
 #[derive(Debug, Deserialize)]
@@ -1153,6 +1158,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
 
     let profiling = ProfilingConfig { enabled: raw.profiling.enabled };
+    let agent = agent::validate(raw.agent)?;
 
     let w = raw.webhooks;
     let webhooks = WebhooksConfig {
@@ -1199,6 +1205,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         profiling,
         auth,
         webhooks,
+        agent,
     })
 }
 

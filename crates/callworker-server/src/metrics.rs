@@ -132,6 +132,18 @@ pub const WEBHOOK_DELIVERY_SECONDS: &str = "callworker_webhook_delivery_seconds"
 /// Outbox operations that failed for the store's sake.
 pub const WEBHOOK_STORE_ERRORS: &str = "callworker_webhook_store_errors_total";
 
+/// Agent legs established, by `resume` (true when the call had a leg before).
+pub const AGENT_LEGS: &str = "callworker_agent_legs_total";
+/// Agent legs that failed or were refused, by `reason` (connect_timeout, connect_failed,
+/// agent_unauthorized, closed, message_too_large, invalid_json, invalid_message,
+/// slow_agent, agent_not_configured, agent_url_not_allowed).
+pub const AGENT_LEG_ERRORS: &str = "callworker_agent_leg_errors_total";
+/// Calls whose agent could not be reached (fallback program or end agent_unavailable), by
+/// the last `reason`.
+pub const AGENT_GAVE_UP: &str = "callworker_agent_gave_up_total";
+/// Caller audio frames not sent to an agent because its queue was full.
+pub const AGENT_FRAMES_DROPPED: &str = "callworker_agent_frames_dropped_total";
+
 const LATENCY_BUCKETS_SECONDS: &[f64] = &[
     0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
     0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -223,6 +235,10 @@ fn describe() {
         "Per-call memory accounts, sampled at each checkpoint"
     );
     describe_counter!(GOVERNOR_READ_FAILURES, "Memory samples the governor could not read");
+    describe_counter!(AGENT_LEGS, "Voice-agent legs established, by resume");
+    describe_counter!(AGENT_LEG_ERRORS, "Voice-agent legs failed or refused, by reason");
+    describe_counter!(AGENT_GAVE_UP, "Calls whose voice agent could not be reached, by last reason");
+    describe_counter!(AGENT_FRAMES_DROPPED, "Caller audio frames not sent to a voice agent (queue full)");
     describe_counter!(AUTH_REFUSED, "Requests refused by authentication or authorization, by reason");
     describe_counter!(LIMIT_REFUSED, "Requests or connections refused by an abuse limit, by limit");
     describe_counter!(AUTH_KEYS_RELOAD_FAILURES, "API keys file changes that could not be loaded");

@@ -6,10 +6,12 @@
 //! - [`ivr`]: menus of prompts navigated with DTMF, digit collection, retries, and choices
 //!   that lead to other menus, other programs or a hang-up.
 //! - [`overlay`]: a tone injected by the `play_tone` action over the program's audio.
+//! - [`agent`]: a conversation with an external voice agent (the leg is the session's).
 //!
 //! Programs never see sequence numbers or the timeline: they produce frames and an optional
 //! end into [`Effects`], and the [`Call`](crate::Call) numbers, filters and records them.
 
+pub mod agent;
 pub mod echo;
 pub mod ivr;
 pub mod overlay;
@@ -23,6 +25,7 @@ use crate::dsp;
 use crate::end::EndReason;
 use crate::time::UnixMillis;
 
+pub use agent::{AgentInput, AgentParams, AgentState, Secret, Transcript, TranscriptEntry};
 pub use echo::{EchoParams, EchoState};
 pub use ivr::{
     BindOutcome, Clip, IvrBargeIn, IvrChoice, IvrClips, IvrCollect, IvrDefinitionRef, IvrMenu, IvrParams,
@@ -59,6 +62,7 @@ pub enum ProgramSpec {
     Echo(EchoParams),
     Tone(ToneParams),
     Ivr(IvrParams),
+    Agent(AgentParams),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -73,6 +77,7 @@ enum ProgramSpecJson {
     Echo(EchoParams),
     Tone(ToneParams),
     Ivr(IvrParams),
+    Agent(AgentParams),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -81,6 +86,7 @@ enum ProgramSpecBinary {
     Echo(EchoParams),
     Tone(ToneParams),
     Ivr(IvrParams),
+    Agent(AgentParams),
 }
 
 impl Serialize for ProgramSpec {
@@ -109,6 +115,7 @@ impl ProgramSpec {
             ProgramSpec::Echo(_) => "echo",
             ProgramSpec::Tone(_) => "tone",
             ProgramSpec::Ivr(_) => "ivr",
+            ProgramSpec::Agent(_) => "agent",
         }
     }
 
@@ -137,6 +144,7 @@ impl ProgramSpec {
                 Ok(())
             }
             ProgramSpec::Ivr(p) => p.validate(),
+            ProgramSpec::Agent(p) => p.validate(),
         }
     }
 
@@ -236,6 +244,8 @@ pub enum ProgramState {
     Echo(EchoState),
     Tone(ToneState),
     Ivr(IvrState),
+    /// Boxed: the largest state by far (params, transcript, queues), and encoded the same.
+    Agent(Box<AgentState>),
 }
 
 impl ProgramState {
@@ -245,6 +255,7 @@ impl ProgramState {
             ProgramSpec::Echo(p) => ProgramState::Echo(EchoState::new(p.clone())),
             ProgramSpec::Tone(p) => ProgramState::Tone(ToneState::new(p.clone())),
             ProgramSpec::Ivr(p) => ProgramState::Ivr(IvrState::new(p.clone())),
+            ProgramSpec::Agent(p) => ProgramState::Agent(Box::new(AgentState::new(p.clone()))),
         }
     }
 
@@ -253,6 +264,7 @@ impl ProgramState {
             ProgramState::Echo(_) => "echo",
             ProgramState::Tone(_) => "tone",
             ProgramState::Ivr(_) => "ivr",
+            ProgramState::Agent(_) => "agent",
         }
     }
 
@@ -262,6 +274,7 @@ impl ProgramState {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.attach(now),
             ProgramState::Ivr(s) => s.attach(now),
+            ProgramState::Agent(s) => s.attach(now),
         }
     }
 
@@ -270,7 +283,9 @@ impl ProgramState {
     /// regenerate the caller's audio and does nothing.
     pub(crate) fn rewind(&mut self, frames: u64, audio: AudioFormat) {
         match self {
-            ProgramState::Echo(_) => {}
+            // The agent's audio cannot be regenerated either; the agent hears of it through
+            // its marks and the resuming `start`.
+            ProgramState::Echo(_) | ProgramState::Agent(_) => {}
             ProgramState::Tone(s) => s.rewind(frames),
             ProgramState::Ivr(s) => s.rewind(frames, audio),
         }
@@ -282,6 +297,7 @@ impl ProgramState {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.detach(),
             ProgramState::Ivr(s) => s.detach(),
+            ProgramState::Agent(s) => s.detach(),
         }
     }
 
@@ -297,6 +313,7 @@ impl ProgramState {
         match self {
             ProgramState::Echo(s) => s.audio(now, payload, limits, fx),
             ProgramState::Ivr(s) => s.audio(now, payload, audio, fx),
+            ProgramState::Agent(s) => s.audio(payload, fx),
             ProgramState::Tone(_) => {}
         }
     }
@@ -307,6 +324,7 @@ impl ProgramState {
             ProgramState::Echo(_) => {}
             ProgramState::Tone(s) => s.dtmf(digit, fx),
             ProgramState::Ivr(s) => s.dtmf(now, digit, audio, fx),
+            ProgramState::Agent(s) => s.dtmf(digit, fx),
         }
     }
 
@@ -316,6 +334,28 @@ impl ProgramState {
             ProgramState::Echo(s) => s.run_due(now, fx),
             ProgramState::Tone(s) => s.run_due(now, audio, fx),
             ProgramState::Ivr(s) => s.run_due(now, audio, fx),
+            ProgramState::Agent(s) => s.run_due(now, fx),
+        }
+    }
+
+    /// The client played outbound audio; `unplayed` frames sent are not yet heard.
+    pub(crate) fn played(&mut self, unplayed: u64, fx: &mut Effects) {
+        if let ProgramState::Agent(s) = self {
+            s.played(unplayed, fx);
+        }
+    }
+
+    /// The agent leg's news, or the agent's message; other programs ignore it (a message
+    /// still in flight when the call switched away from its agent).
+    pub(crate) fn agent(
+        &mut self,
+        now: UnixMillis,
+        input: AgentInput<'_>,
+        audio: AudioFormat,
+        fx: &mut Effects,
+    ) {
+        if let ProgramState::Agent(s) = self {
+            s.input(now, input, audio, fx);
         }
     }
 
@@ -325,6 +365,7 @@ impl ProgramState {
             ProgramState::Echo(s) => s.next_deadline(),
             ProgramState::Tone(s) => s.next_deadline(),
             ProgramState::Ivr(s) => s.next_deadline(),
+            ProgramState::Agent(s) => s.next_deadline(),
         }
     }
 }
@@ -344,6 +385,10 @@ pub(crate) struct Effects {
     pub clear: bool,
     /// What happened, for the call's timeline.
     pub events: Vec<ProgramEvent>,
+    /// Messages for the agent leg (the agent program), in order.
+    pub to_agent: Vec<callworker_protocol::agent::ToAgent>,
+    /// The state changed in a way worth a checkpoint at once (a transcript entry, a turn).
+    pub durable: bool,
     /// Reused PCM buffer for frame generation.
     pub pcm: Vec<i16>,
 }
@@ -377,6 +422,8 @@ pub(crate) enum ProgramEvent {
     /// The caller interrupted an IVR prompt (`by` "speech" or "dtmf") after
     /// `prompt_frames_sent` of its frames had been sent.
     BargeIn { menu: String, by: &'static str, prompt_frames_sent: u64 },
+    /// The agent leg connected, resumed, was lost or failed; the agent transferred or hung up.
+    Agent { event: &'static str, detail: Option<String> },
 }
 
 /// A [`FRAME_MS`] frame clock that runs only while a session is attached.

@@ -6,6 +6,7 @@
 // panic is exactly the failure report we want.
 #![allow(clippy::unwrap_used)]
 
+mod agent;
 mod audio;
 mod checkpoint;
 mod inputs;

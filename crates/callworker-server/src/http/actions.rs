@@ -80,6 +80,10 @@ pub async fn apply(
             .map_err(|e| Error::new(ErrorKind::InvalidRequest, "unknown_ivr_definition", e.to_string()))?;
     }
     action.validate().map_err(|e| invalid_action(&e))?;
+    if let Action::SwitchProgram { program } = action {
+        let program = crate::session::agent::prepare_program(&state.config.agent, &record.tenant, program)?;
+        action = Action::SwitchProgram { program };
+    }
     if let Some(reason) = record.end_reason {
         return Err(StoreError::Ended { reason }.into());
     }

@@ -7,7 +7,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use callworker_call::{
-    Action, Call, CallId, CallSpec, Direction, EndReason, Epoch, ProgramSpec, RecordingSettings, TenantId,
+    Action, Call, CallId, CallSpec, Direction, EndReason, Epoch, ProgramSpec, ProgramState,
+    RecordingSettings, TenantId,
 };
 use callworker_protocol::{AudioFormat, Encoding};
 use callworker_store::{LIST_LIMIT_MAX, ListQuery, RecordStatus};
@@ -18,7 +19,7 @@ use utoipa::IntoParams;
 
 use super::openapi::{
     ActionDoc, AuthErrors, BodyErrors, CallEventsDoc, CallPageDoc, CreateCallDoc, CreatedCallDoc, DrainDoc,
-    ErrorBody, MemoryDoc, WorkersDoc,
+    ErrorBody, MemoryDoc, TranscriptDoc, WorkersDoc,
 };
 use super::{ApiJson, ApiJsonRaw, ApiQuery};
 use crate::auth::{Caller, Operator, count_refusal};
@@ -134,12 +135,13 @@ pub async fn create_call(
         }
         limits.max_duration_ms = ms;
     }
+    let program = crate::session::agent::prepare_program(&state.config.agent, &tenant, req.program)?;
     let spec = CallSpec {
         tenant,
         direction: req.direction.unwrap_or(Direction::Outbound),
         from: req.from,
         to: req.to,
-        program: req.program,
+        program,
         audio,
         limits,
         recording: req.record.unwrap_or(state.config.calls.recording),
@@ -314,6 +316,49 @@ pub async fn call_events(
         "call_id": call.id.as_str(),
         "events": events,
         "dropped": call.timeline.dropped(),
+    }))
+    .into_response())
+}
+
+#[utoipa::path(
+    get,
+    path = "/v1/calls/{id}/transcript",
+    tag = "calls",
+    params(("id" = String, Path, description = "Call id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The conversation of a call running the agent program", body = TranscriptDoc),
+        (status = 404, description = "No such call (`call_not_found`), or another tenant's, or the call does not run the agent program (`transcript_not_found`)", body = ErrorBody),
+        (status = 500, description = "The call's stored state cannot be read (`checkpoint_unreadable`)", body = ErrorBody),
+        AuthErrors,
+    ),
+)]
+pub async fn call_transcript(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(id): Path<String>,
+) -> Result<Response, Error> {
+    let id = parse_call_id(&id)?;
+    let (call, _) = load(&state, &caller, &id).await?;
+    let ProgramState::Agent(agent) = &call.program else {
+        return Err(Error::new(
+            ErrorKind::NotFound,
+            "transcript_not_found",
+            "the call does not run the agent program",
+        ));
+    };
+    let t = agent.transcript();
+    let entries: Vec<_> = t.entries().collect();
+    Ok(Json(json!({
+        "call_id": call.id.as_str(),
+        "entries": entries,
+        "next_index": t.next_index(),
+        "dropped": t.dropped(),
+        "duplicates": t.duplicates(),
+        "missing": t.missing(),
+        "turns": agent.turns(),
+        "connected": agent.is_connected(),
+        "last_mark": agent.last_mark(),
     }))
     .into_response())
 }

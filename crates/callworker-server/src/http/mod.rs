@@ -54,6 +54,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(api::create_call, api::list_calls))
         .routes(routes!(api::get_call))
         .routes(routes!(api::call_events))
+        .routes(routes!(api::call_transcript))
         .routes(routes!(api::end_call))
         .routes(routes!(api::call_action))
         .routes(routes!(api::call_recording))

@@ -247,6 +247,7 @@ pub enum ProgramSpecDoc {
     Echo(EchoParamsDoc),
     Tone(ToneParamsDoc),
     Ivr(IvrParamsDoc),
+    Agent(AgentParamsDoc),
 }
 
 /// IVR: inline menus (`start` and `menus`), or a named definition from the worker's
@@ -266,6 +267,38 @@ pub struct IvrParamsDoc {
     /// on_failure, barge_in.
     #[schema(value_type = Option<Object>)]
     menus: Option<serde_json::Value>,
+}
+
+/// Agent talks to an external voice agent over WebSocket (docs/agent-protocol.md).
+#[derive(Debug, ToSchema)]
+#[schema(as = AgentParams)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields)]
+pub struct AgentParamsDoc {
+    /// `ws://` URL of the agent, within the worker's `agent.url_prefixes_allowed`. Absent:
+    /// the tenant's configured agent (else 400 `agent_not_configured`).
+    #[schema(max_length = 512, pattern = "^ws://[^/?]+")]
+    url: Option<String>,
+    /// Sent as `Authorization: Bearer <token>`; shown as `[redacted]`, never logged.
+    /// Absent: the tenant's configured token, if the tenant's agent is used.
+    #[schema(max_length = 1024)]
+    token: Option<String>,
+    /// Opaque text handed to the agent in every `start`.
+    #[schema(max_length = 4096)]
+    context: Option<String>,
+    /// Transcript entries kept (oldest dropped beyond). Absent: `agent.transcript_entries_max`.
+    #[schema(minimum = 1, maximum = 10000)]
+    transcript_entries_max: Option<u32>,
+    /// Transcript text bytes kept. Absent: `agent.transcript_bytes_max`.
+    #[schema(minimum = 1, maximum = 1048576)]
+    transcript_bytes_max: Option<u32>,
+    /// Agent audio frames held for playing. Absent: `agent.playback_frames_max`.
+    #[schema(minimum = 1, maximum = 15000)]
+    playback_frames_max: Option<u32>,
+    /// A program (not an agent) the call switches to when the agent cannot be reached.
+    /// Absent: the call ends with `agent_unavailable`.
+    #[schema(value_type = Option<Object>)]
+    fallback: Option<serde_json::Value>,
 }
 
 /// Echo plays the caller's audio back.
@@ -535,6 +568,7 @@ pub enum EndReasonDoc {
     DrainTimeout,
     InternalError,
     Transferred,
+    AgentUnavailable,
 }
 
 #[derive(Debug, ToSchema)]
@@ -623,6 +657,57 @@ pub enum CallEventDoc {
         at: u64,
         reason: EndReasonDoc,
     },
+    /// The agent leg: `event` is connected, resumed, lost, failed, transfer or hangup.
+    Agent {
+        at: u64,
+        event: String,
+        detail: Option<String>,
+    },
+}
+
+/// `GET /v1/calls/{id}/transcript` answer.
+#[derive(Debug, ToSchema)]
+#[schema(as = Transcript)]
+#[allow(dead_code)]
+pub struct TranscriptDoc {
+    call_id: String,
+    /// Oldest first; the newest within the call's transcript bounds.
+    entries: Vec<TranscriptEntryDoc>,
+    /// Index the next entry gets.
+    next_index: u64,
+    /// Entries dropped from the front for the bounds.
+    dropped: u64,
+    /// Entries the agent sent again, ignored.
+    duplicates: u64,
+    /// Indexes the agent skipped.
+    missing: u64,
+    /// `end_of_turn` messages received.
+    turns: u64,
+    /// Whether an agent leg is up right now.
+    connected: bool,
+    /// The last agent mark the caller heard.
+    last_mark: Option<String>,
+}
+
+/// One transcript entry.
+#[derive(Debug, ToSchema)]
+#[schema(as = TranscriptEntry)]
+#[allow(dead_code)]
+pub struct TranscriptEntryDoc {
+    index: u64,
+    /// When the worker stored it (Unix ms).
+    at: u64,
+    role: TranscriptRoleDoc,
+    text: String,
+}
+
+#[derive(Debug, ToSchema)]
+#[schema(as = TranscriptRole)]
+#[allow(dead_code)]
+#[serde(rename_all = "snake_case")]
+pub enum TranscriptRoleDoc {
+    Caller,
+    Agent,
 }
 
 /// `GET /v1/workers` answer.
@@ -733,6 +818,12 @@ const _: () = {
     assert!(TONE_FREQ_HZ_MAX == 3999);
     assert!(callworker_call::ids::ID_BYTES_MAX == 64);
     assert!(super::api::PARTY_CHARS_MAX == 256);
+    assert!(callworker_call::program::agent::AGENT_URL_BYTES_MAX == 512);
+    assert!(callworker_call::program::agent::AGENT_TOKEN_BYTES_MAX == 1024);
+    assert!(callworker_call::program::agent::AGENT_CONTEXT_BYTES_MAX == 4096);
+    assert!(callworker_call::program::agent::AGENT_TRANSCRIPT_ENTRIES_MAX == 10000);
+    assert!(callworker_call::program::agent::AGENT_TRANSCRIPT_BYTES_MAX == 1048576);
+    assert!(callworker_call::program::agent::AGENT_PLAYBACK_FRAMES_MAX == 15000);
 };
 
 #[cfg(test)]

@@ -6,13 +6,16 @@
 //! [`Command`]s. The *writer* drains the bounded [`OutboundQueue`] into the socket. A third,
 //! small task per call, the [`CheckpointWriter`], persists the latest state without ever
 //! blocking the driver. The protocol-specific parts (handshake, message mapping) live in
-//! [`native`] and [`twilio`].
+//! [`native`] and [`twilio`]. A call running the agent program also has an agent leg, a
+//! WebSocket to its voice agent, which the driver keeps in step with the call through
+//! [`agent::AgentLink`].
 //!
 //! A session ends in one of three ways: the call ends (the end is persisted, then the
 //! socket closes), the session detaches (client gone, shutdown: the call is checkpointed
 //! as detached and stays resumable), or the session is fenced (another session owns the
 //! call: it stops at once and writes nothing more).
 
+pub mod agent;
 pub mod checkpoint;
 pub mod native;
 pub mod outbound;
@@ -430,6 +433,8 @@ struct Driver {
     /// A Twilio transfer is under way: Twilio stopping the stream is the transfer taking
     /// effect, so the call ends `transferred` (see [`Command::PrepareTransfer`]).
     transferring: bool,
+    /// The call's agent leg (agent program).
+    agent: agent::AgentLink,
     frames_in: metrics::Counter,
     frames_out: metrics::Counter,
     frames_dropped: metrics::Counter,
@@ -456,6 +461,7 @@ impl Driver {
         let events_seen = a.call.timeline.dropped() + a.call.timeline.len() as u64;
         let webhooks = state.config.webhooks.target(a.call.tenant.as_str()).is_some();
         let now_i = Instant::now();
+        let agent = agent::AgentLink::new(&state.config.agent, call_id.clone());
         Driver {
             call: a.call,
             call_id,
@@ -483,6 +489,7 @@ impl Driver {
             held: None,
             closing: None,
             transferring: false,
+            agent,
             frames_in: metrics::counter!(m::FRAMES_IN, "transport" => label),
             frames_out: metrics::counter!(m::FRAMES_OUT, "transport" => label),
             frames_dropped: metrics::counter!(m::FRAMES_DROPPED, "transport" => label),
@@ -556,6 +563,7 @@ impl Driver {
                     }
                 }
                 Some(cmd) = self.commands.recv(), if self.confirming.is_none() => self.on_command(cmd),
+                event = self.agent.next(), if self.confirming.is_none() => self.on_agent(event),
                 msg = stream.next(), if self.confirming.is_none() => {
                     match msg {
                         None | Some(Ok(Message::Close(_))) => {
@@ -669,6 +677,36 @@ impl Driver {
         }
     }
 
+    /// The agent leg's news, or the agent's message, for the call.
+    fn on_agent(&mut self, event: agent::AgentEvent) {
+        use agent::AgentEvent;
+        use callworker_call::program::AgentInput;
+        let now = now();
+        match event {
+            AgentEvent::RetryDue => {
+                self.agent.sync(&self.call);
+                return;
+            }
+            AgentEvent::Up => self.call.handle(now, Input::Agent(AgentInput::Connected), &mut self.outputs),
+            AgentEvent::Audio(audio) => {
+                self.call.handle(now, Input::Agent(AgentInput::Audio(&audio)), &mut self.outputs);
+            }
+            AgentEvent::Message(msg) => {
+                self.call.handle(now, Input::Agent(AgentInput::Message(msg)), &mut self.outputs);
+            }
+            AgentEvent::Lost { reason } => {
+                let input = AgentInput::Lost { reason: reason.to_owned() };
+                self.call.handle(now, Input::Agent(input), &mut self.outputs);
+            }
+            AgentEvent::Failed { reason } => {
+                let input = AgentInput::Failed { reason: reason.to_owned() };
+                self.call.handle(now, Input::Agent(input), &mut self.outputs);
+            }
+        }
+        self.dirty = true;
+        self.flush_outputs();
+    }
+
     fn on_command(&mut self, cmd: Command) {
         match cmd {
             Command::Snapshot(reply) => {
@@ -736,6 +774,7 @@ impl Driver {
                 info!(call_id = %self.call_id, reason = %reason, "call ended elsewhere");
                 self.call.handle(now(), Input::End(reason), &mut self.outputs);
                 self.outputs.retain(|o| !matches!(o, Output::Checkpoint));
+                self.agent.stop(reason.as_str());
                 self.say_goodbye(reason);
                 self.stop = Some(Stop::Fenced);
                 let (code, reason) = self.closing.take().unwrap_or((close::NORMAL, String::new()));
@@ -803,6 +842,7 @@ impl Driver {
                 }
                 Output::Checkpoint => checkpoint_now = true,
                 Output::End(reason) => ended = Some(reason),
+                Output::Agent(msg) => self.agent.send(msg),
             }
         }
         if let Some(reason) = ended {
@@ -811,6 +851,8 @@ impl Driver {
             self.dirty = true;
             self.maybe_checkpoint(true);
         }
+        // The program may have become, or stopped being, an agent.
+        self.agent.sync(&self.call);
     }
 
     fn control(&mut self, msg: Message) {
@@ -820,7 +862,11 @@ impl Driver {
     fn pending(&mut self, end: Option<EndReason>) -> Pending {
         self.checkpoint_seq += 1;
         let blob = Bytes::from(envelope::encode(&self.call));
-        let held = blob.len() + self.recording.len() + self.out.queued_bytes();
+        let agent_audio = match &self.call.program {
+            callworker_call::ProgramState::Agent(s) => s.playback_bytes(),
+            _ => 0,
+        };
+        let held = blob.len() + self.recording.len() + self.out.queued_bytes() + agent_audio;
         self.account.store(held as u64, std::sync::atomic::Ordering::Relaxed);
         metrics::histogram!(m::CALL_ACCOUNT_BYTES).record(held as f64);
         let events = if self.webhooks {
@@ -886,6 +932,7 @@ impl Driver {
         info!(call_id = %self.call_id, epoch = %self.epoch, reason = %reason, "call ended");
         let pending = self.pending(Some(reason));
         self.writer.submit(pending);
+        self.agent.stop(reason.as_str());
         self.say_goodbye(reason);
         self.stop = Some(Stop::Ended);
     }
@@ -952,6 +999,7 @@ impl Driver {
         }
         let pending = self.pending(None);
         self.writer.submit(pending);
+        self.agent.stop(cause.map_or("detached", |c| c.as_str()));
         if code == close::GOING_AWAY
             && let Wire::Native(w) = &self.wire
         {
@@ -966,6 +1014,7 @@ impl Driver {
     /// Another session owns the call: stop now, write nothing more.
     fn fenced(&mut self) -> u16 {
         self.writer.abort();
+        self.agent.abort();
         self.out.clear_audio();
         self.out.close(close::STALE_SESSION, "stale_session: another session owns the call".to_owned());
         self.stop = Some(Stop::Fenced);
