@@ -356,6 +356,16 @@ impl Call {
         self.media.outbound_next_seq = self.media.outbound_next_seq.max(upto_seq.saturating_add(1));
     }
 
+    /// Whether the audio this call regenerates after a resume, from its last checkpoint, is
+    /// byte for byte what the previous session sent under the same numbers: the echo of the
+    /// caller audio the client replays is; then the client's dedup by number must drop what
+    /// it already has, so numbering must not skip ([`Call::skip_outbound_seq_past`]). Tone
+    /// and IVR step back to the frame the caller heard and an agent sends new audio: their
+    /// numbers must move past what the client has seen.
+    pub fn regenerates_sent_audio(&self) -> bool {
+        matches!(self.program, ProgramState::Echo(_))
+    }
+
     /// Name of the running program (`"echo"`, `"tone"`).
     pub fn program_name(&self) -> &'static str {
         self.program.name()

@@ -516,9 +516,13 @@ impl Driver {
         metrics::counter!(m::CALLS_ATTACHED, "transport" => self.transport.as_str(), "resumed" => if resume.is_some() { "true" } else { "false" }).increment(1);
         info!(call_id = %self.call_id, epoch = %self.epoch, transport = self.transport.as_str(), resumed = resume.is_some(), "call attached");
         self.call.handle(now, Input::Attached { transport: self.transport, resume }, &mut self.outputs);
-        if let Wire::Native(w) = &self.wire {
+        if let Wire::Native(w) = &self.wire
+            && !self.call.regenerates_sent_audio()
+        {
             // Frames a dead session sent after its last checkpoint are numbers the client
-            // has seen (and would drop): regenerated audio is numbered after them.
+            // has seen (and would drop): new audio (a prompt or tone from the frame heard, an
+            // agent's) is numbered after them. Echo regenerates those very frames under the
+            // same numbers, which the client rightly drops.
             self.call.skip_outbound_seq_past(w.last_server_seq_rx);
         }
         let greeting = match &mut self.wire {
