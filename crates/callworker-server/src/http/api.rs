@@ -328,7 +328,8 @@ pub async fn call_events(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The conversation of a call running the agent program", body = TranscriptDoc),
-        (status = 404, description = "No such call (`call_not_found`), or another tenant's, or the call does not run the agent program (`transcript_not_found`)", body = ErrorBody),
+        (status = 404, description = "No such call (`call_not_found`), or another tenant's", body = ErrorBody),
+        (status = 409, description = "The call does not run the agent program (`not_an_agent_call`)", body = ErrorBody),
         (status = 500, description = "The call's stored state cannot be read (`checkpoint_unreadable`)", body = ErrorBody),
         AuthErrors,
     ),
@@ -342,8 +343,8 @@ pub async fn call_transcript(
     let (call, _) = load(&state, &caller, &id).await?;
     let ProgramState::Agent(agent) = &call.program else {
         return Err(Error::new(
-            ErrorKind::NotFound,
-            "transcript_not_found",
+            ErrorKind::Conflict,
+            "not_an_agent_call",
             "the call does not run the agent program",
         ));
     };

@@ -83,7 +83,7 @@ impl Modify for BearerScheme {
 
 /// Tagged enums whose JSON form refuses unknown fields (`deny_unknown_fields`): utoipa
 /// marks that on structs but not on the variants of an enum.
-const CLOSED_ENUMS: &[&str] = &["Action", "ProgramSpec"];
+const CLOSED_ENUMS: &[&str] = &["Action", "ProgramSpec", "FallbackProgram"];
 
 /// What of the document depends on the worker's configuration.
 #[derive(Debug, Clone, Copy)]
@@ -250,6 +250,18 @@ pub enum ProgramSpecDoc {
     Agent(AgentParamsDoc),
 }
 
+/// The program an agent call switches to when its agent cannot be reached: any program but
+/// `agent`.
+#[derive(Debug, ToSchema)]
+#[schema(as = FallbackProgram)]
+#[allow(dead_code)]
+#[serde(tag = "name", content = "params", rename_all = "snake_case", deny_unknown_fields)]
+pub enum FallbackProgramDoc {
+    Echo(EchoParamsDoc),
+    Tone(ToneParamsDoc),
+    Ivr(IvrParamsDoc),
+}
+
 /// IVR: inline menus (`start` and `menus`), or a named definition from the worker's
 /// `ivr.dir` (`definition` alone; 400 `unknown_ivr_definition` when the worker has none of
 /// that name). Menus are described in docs/api.md ("ivr").
@@ -297,8 +309,7 @@ pub struct AgentParamsDoc {
     playback_frames_max: Option<u32>,
     /// A program (not an agent) the call switches to when the agent cannot be reached.
     /// Absent: the call ends with `agent_unavailable`.
-    #[schema(value_type = Option<Object>)]
-    fallback: Option<serde_json::Value>,
+    fallback: Option<FallbackProgramDoc>,
 }
 
 /// Echo plays the caller's audio back.
