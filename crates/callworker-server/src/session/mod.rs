@@ -195,12 +195,15 @@ async fn writer_main(
     let mut batch = Vec::with_capacity(32);
     loop {
         out.drain_into(&mut batch).await;
+        let drained_at = Instant::now();
         let mut closed = false;
+        let mut fed = 0u64;
         for item in batch.drain(..) {
             if item.is_stale(stale_after, Instant::now()) {
                 stale.increment(1);
                 continue;
             }
+            fed += 1;
             let msg = item.msg;
             closed |= matches!(msg, Message::Close(_));
             if sink.feed(msg).await.is_err() {
@@ -209,6 +212,14 @@ async fn writer_main(
             if closed {
                 break;
             }
+        }
+        // Fed frames sit in the socket's write buffer until the flush: if the process was
+        // paused between the drain and here, they are as stale as a queued frame would be,
+        // and the call may have another owner. The connection is dropped unflushed instead
+        // (the client resumes; the session confirms its ownership or is fenced).
+        if drained_at.elapsed() > stale_after {
+            stale.increment(fed);
+            return;
         }
         if sink.flush().await.is_err() || closed {
             return;
@@ -609,7 +620,9 @@ impl Driver {
             {
                 close_code = code;
             }
-            self.last_turn = Instant::now();
+            // A pause that began inside this turn (after its first check) is caught here,
+            // before the next input is driven.
+            self.paused_past_lease();
             if self.stop.is_none() && self.out.is_closing() {
                 // The outbound queue closed itself: the client is not reading.
                 close_code = close::SLOW_CONSUMER;
@@ -900,7 +913,11 @@ impl Driver {
         if self.confirming.is_some() {
             return true;
         }
-        let gap = self.last_turn.elapsed();
+        // Measured between two checks, wherever in a turn they are, so a pause inside a
+        // turn is not hidden by the turn's end.
+        let now = Instant::now();
+        let gap = now.saturating_duration_since(self.last_turn);
+        self.last_turn = now;
         if gap < self.state.config.checkpoint.lease || self.stop.is_some() {
             return false;
         }
